@@ -1,0 +1,123 @@
+// A thin adapter from a kernel class to ORT's C OrtCustomOp table.
+//
+// A Kernel type provides:
+//   struct Kernel {
+//     Kernel(const OrtKernelInfo* info);          // reads and validates attributes; may throw OpError
+//     void Compute(OrtKernelContext* context);     // may throw; must be safe for concurrent calls
+//     static constexpr std::array<std::pair<int, int>, N> kMayInplace;  // (input, output) pairs that
+//   };                                             // may share a buffer (ORT >= 1.18 may reuse it)
+// and the op is described by an OpSignature. One KernelOp is registered per (name, provider,
+// element type); ORT merges same-name ops into one schema and picks the kernel whose types match.
+#pragma once
+
+#include <array>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "common/errors.h"
+#include "common/ort_api.h"
+
+namespace caffe2_ort {
+
+struct IoSpec {
+  ONNXTensorElementDataType type;
+  bool optional;
+};
+
+struct OpSignature {
+  const char* name;
+  const char* provider;
+  std::vector<IoSpec> inputs;
+  std::vector<IoSpec> outputs;
+  // Optional ORT >= 1.17 shape inference hook.
+  OrtStatusPtr (*infer_shape)(OrtShapeInferContext*) = nullptr;
+};
+
+template <typename Kernel>
+class KernelOp : public OrtCustomOp {
+ public:
+  KernelOp(OpSignature signature, uint32_t api_version) : sig_(std::move(signature)) {
+    std::memset(static_cast<OrtCustomOp*>(this), 0, sizeof(OrtCustomOp));
+    OrtCustomOp::version = api_version;
+
+    OrtCustomOp::GetName = [](const OrtCustomOp* op) { return Self(op).sig_.name; };
+    OrtCustomOp::GetExecutionProviderType = [](const OrtCustomOp* op) { return Self(op).sig_.provider; };
+    OrtCustomOp::GetInputTypeCount = [](const OrtCustomOp* op) { return Self(op).sig_.inputs.size(); };
+    OrtCustomOp::GetInputType = [](const OrtCustomOp* op, size_t i) { return Self(op).sig_.inputs[i].type; };
+    OrtCustomOp::GetOutputTypeCount = [](const OrtCustomOp* op) { return Self(op).sig_.outputs.size(); };
+    OrtCustomOp::GetOutputType = [](const OrtCustomOp* op, size_t i) { return Self(op).sig_.outputs[i].type; };
+    OrtCustomOp::GetInputCharacteristic = [](const OrtCustomOp* op, size_t i) {
+      return Self(op).sig_.inputs[i].optional ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    };
+    OrtCustomOp::GetOutputCharacteristic = [](const OrtCustomOp* op, size_t i) {
+      return Self(op).sig_.outputs[i].optional ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    };
+    OrtCustomOp::GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
+    OrtCustomOp::GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
+    OrtCustomOp::GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 1; };
+    OrtCustomOp::GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
+    OrtCustomOp::GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
+
+    // The legacy entry points cannot report errors; ORT >= 1.16 uses the V2 ones below.
+    OrtCustomOp::CreateKernel = [](const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info) -> void* {
+      void* kernel = nullptr;
+      OrtStatus* status = op->CreateKernelV2(op, api, info, &kernel);
+      if (status != nullptr) Api().ReleaseStatus(status);
+      return kernel;
+    };
+    OrtCustomOp::KernelCompute = [](void* kernel, OrtKernelContext* context) {
+      OrtStatus* status = StatusFrom([&] { static_cast<Kernel*>(kernel)->Compute(context); });
+      if (status != nullptr) Api().ReleaseStatus(status);
+    };
+    OrtCustomOp::KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
+
+    OrtCustomOp::CreateKernelV2 = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info,
+                                     void** kernel) -> OrtStatusPtr {
+      *kernel = nullptr;
+      return StatusFrom([&] { *kernel = new Kernel(info); });
+    };
+    OrtCustomOp::KernelComputeV2 = [](void* kernel, OrtKernelContext* context) -> OrtStatusPtr {
+      return StatusFrom([&] { static_cast<Kernel*>(kernel)->Compute(context); });
+    };
+    if (sig_.infer_shape != nullptr) {
+      OrtCustomOp::InferOutputShapeFn = [](const OrtCustomOp* op, OrtShapeInferContext* ctx) -> OrtStatusPtr {
+        return Self(op).sig_.infer_shape(ctx);
+      };
+    }
+    OrtCustomOp::GetStartVersion = [](const OrtCustomOp*) { return 1; };
+    OrtCustomOp::GetEndVersion = [](const OrtCustomOp*) { return INT_MAX; };
+#if ORT_API_VERSION >= 18
+    if (!Kernel::kMayInplace.empty()) {
+      OrtCustomOp::GetMayInplace = [](int** input_index, int** output_index) -> size_t {
+        // ORT passes no op pointer here, so the pairs come from the kernel type.
+        const auto& pairs = Kernel::kMayInplace;
+        *input_index = static_cast<int*>(std::malloc(sizeof(int) * pairs.size()));
+        *output_index = static_cast<int*>(std::malloc(sizeof(int) * pairs.size()));
+        if (*input_index == nullptr || *output_index == nullptr) {
+          std::free(*input_index);
+          std::free(*output_index);
+          *input_index = *output_index = nullptr;
+          return 0;
+        }
+        for (size_t i = 0; i < pairs.size(); ++i) {
+          (*input_index)[i] = pairs[i].first;
+          (*output_index)[i] = pairs[i].second;
+        }
+        return pairs.size();
+      };
+      OrtCustomOp::ReleaseMayInplace = [](int* input_index, int* output_index) {
+        std::free(input_index);
+        std::free(output_index);
+      };
+    }
+#endif
+  }
+
+ private:
+  static const KernelOp& Self(const OrtCustomOp* op) { return *static_cast<const KernelOp*>(op); }
+  OpSignature sig_;
+};
+
+}  // namespace caffe2_ort

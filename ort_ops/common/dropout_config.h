@@ -1,0 +1,53 @@
+// Attributes of ai.caffe2 Dropout / DropoutGrad, read and validated once at kernel creation, and
+// the per-node Philox counter of the RNG contract.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "common/ort_api.h"
+#include "common/philox.h"
+
+namespace caffe2_ort {
+
+enum class Engine { kDefault, kCudnn };
+
+struct DropoutConfig {
+  std::string op;          // "Dropout" or "DropoutGrad", for messages
+  std::string node;        // the node's name, for messages
+  float ratio = 0.5f;
+  bool is_test = false;
+  Engine engine = Engine::kDefault;
+  uint64_t seed = 0;       // the seed attribute read as uint64, or a fresh random one
+  bool seeded = false;     // whether the node carried a seed
+  uint64_t threshold = 0;  // drop iff Philox word < threshold (0 keeps all, 2^32 drops all)
+  float scale = 0.0f;      // 1 / (1 - ratio) rounded to float; 0 when ratio = 1
+
+  // Training runs that need random numbers (test mode and ratio = 0 consume nothing).
+  bool DrawsRandom() const { return !is_test && threshold != 0; }
+  bool DropsAll() const { return threshold >= (uint64_t{1} << 32); }
+  PhiloxKey Key() const { return PhiloxKeyFromSeed(seed); }
+  // "ai.caffe2 Dropout node 'name'" for error messages.
+  std::string Where() const;
+};
+
+// Reads ratio, is_test, engine (and seed for Dropout) from the node; throws OpError with a message
+// naming the op, the node and the offending value.
+DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed);
+
+// Number of the node's inputs/outputs that are present (an empty name marks an absent optional one).
+bool HasInput(const OrtKernelInfo* info, size_t index);
+bool HasOutput(const OrtKernelInfo* info, size_t index);
+
+// The 64-bit per-node counter: each training run reserves ceil(numel / 4) blocks atomically, so
+// run k of a fresh session is reproducible and concurrent runs never share a stream.
+class PhiloxCounter {
+ public:
+  uint64_t Reserve(uint64_t blocks) { return next_.fetch_add(blocks, std::memory_order_relaxed); }
+
+ private:
+  std::atomic<uint64_t> next_{0};
+};
+
+}  // namespace caffe2_ort

@@ -1,0 +1,86 @@
+#include "cpu/dropout.h"
+
+#include <cstring>
+#include <vector>
+
+#include "cpu/elementwise.h"
+#include "cpu/parallel.h"
+
+namespace caffe2_ort {
+namespace {
+
+// Outputs far beyond the caches go out with non-temporal stores (no read-for-ownership traffic).
+constexpr size_t kStreamingBytes = size_t{32} << 20;
+// Keep bits are produced and consumed in slices that stay in L1.
+constexpr size_t kSliceElements = 4096;
+
+}  // namespace
+
+template <Elem E>
+CpuDropout<E>::CpuDropout(const OrtKernelInfo* info)
+    : config_(ReadDropoutConfig(info, "Dropout", /*with_seed=*/true)), has_mask_(HasOutput(info, 1)),
+      isa_(SelectCpuIsa()) {}
+
+template <Elem E>
+void CpuDropout<E>::Compute(OrtKernelContext* context) {
+  using Storage = typename ElemTraits<E>::Storage;
+  Ort::KernelContext ctx(context);
+  auto input = ctx.GetInput(0);
+  const std::vector<int64_t> shape = input.GetTensorTypeAndShapeInfo().GetShape();
+  const size_t n = input.GetTensorTypeAndShapeInfo().GetElementCount();
+  auto output = ctx.GetOutput(0, shape);
+  bool* mask = has_mask_ ? ctx.GetOutput(1, shape).GetTensorMutableData<bool>() : nullptr;
+  if (n == 0) return;
+  const Storage* x = static_cast<const Storage*>(input.GetTensorRawData());
+  Storage* y = static_cast<Storage*>(output.GetTensorMutableRawData());
+
+  if (config_.is_test) {
+    // Exact copy, NaN payloads included; a requested mask is all true.
+    ParallelOverElements(context, n, [&](size_t begin, size_t end) {
+      if (x != y) std::memcpy(y + begin, x + begin, (end - begin) * sizeof(Storage));
+      if (mask != nullptr) std::memset(mask + begin, 1, end - begin);
+    });
+    return;
+  }
+
+  const uint64_t base = config_.DrawsRandom() ? counter_.Reserve(DropoutBlocksFor(n)) : 0;
+  const bool streaming = n * sizeof(Storage) >= kStreamingBytes;
+  const PhiloxKey key = config_.Key();
+  const float scale = config_.scale;
+  const bool draws = config_.DrawsRandom() && !config_.DropsAll();
+  const uint64_t constant_bits = config_.threshold == 0 ? ~uint64_t{0} : 0;  // ratio 0 keeps, ratio 1 drops
+  const uint32_t threshold = static_cast<uint32_t>(config_.threshold);
+  const CpuIsa isa = isa_;
+
+  ParallelOverElements(context, n, [&](size_t begin, size_t end) {
+    uint64_t bits[kSliceElements / kBitsPerWord];
+    if (!draws) std::fill(std::begin(bits), std::end(bits), constant_bits);
+    for (size_t s = begin; s < end; s += kSliceElements) {
+      const size_t len = std::min(kSliceElements, end - s);
+      if (draws) KeepBits(isa, key, base + s / 4, (len + kBitsPerWord - 1) / kBitsPerWord, threshold, bits);
+      ApplyKeepBits<E>(isa, x + s, y + s, mask ? mask + s : nullptr, len, bits, scale, streaming);
+    }
+    if (streaming) StoreFence();
+  });
+}
+
+OrtStatusPtr InferDropoutShape(OrtShapeInferContext* ctx) {
+  // Only Y's shape is set here: ORT's shape-inference context cannot tell whether the optional mask
+  // output exists, and writing an absent output is out of bounds. The mask's type comes from ORT's
+  // own custom-op type inference.
+  return StatusFrom([&] {
+    OrtTensorTypeAndShapeInfo* x_info = nullptr;  // owned by ctx
+    Ort::ThrowOnError(Api().ShapeInferContext_GetInputTypeShape(ctx, 0, &x_info));
+    // An X of unknown rank also reports 0 dimensions; passing that on would declare Y a scalar.
+    size_t rank = 0;
+    Ort::ThrowOnError(Api().GetDimensionsCount(x_info, &rank));
+    if (rank > 0) Ort::ThrowOnError(Api().ShapeInferContext_SetOutputTypeShape(ctx, 0, x_info));
+  });
+}
+
+template class CpuDropout<Elem::kFloat>;
+template class CpuDropout<Elem::kDouble>;
+template class CpuDropout<Elem::kHalf>;
+template class CpuDropout<Elem::kBFloat16>;
+
+}  // namespace caffe2_ort

@@ -1,0 +1,32 @@
+// ai.caffe2 Dropout on the CPU execution provider.
+#pragma once
+
+#include <array>
+#include <utility>
+
+#include "common/custom_op.h"
+#include "common/dropout_config.h"
+#include "common/element_types.h"
+#include "cpu/keep_bits.h"
+
+namespace caffe2_ort {
+
+template <Elem E>
+class CpuDropout {
+ public:
+  static constexpr std::array<std::pair<int, int>, 1> kMayInplace{{{0, 0}}};
+
+  explicit CpuDropout(const OrtKernelInfo* info);
+  void Compute(OrtKernelContext* context);
+
+ private:
+  DropoutConfig config_;
+  bool has_mask_;
+  CpuIsa isa_;
+  PhiloxCounter counter_;
+};
+
+// Y gets X's shape in ORT's graph-level shape inference.
+OrtStatusPtr InferDropoutShape(OrtShapeInferContext* ctx);
+
+}  // namespace caffe2_ort

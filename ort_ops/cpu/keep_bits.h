@@ -1,0 +1,27 @@
+// Philox -> keep bits on the CPU, with AVX-512, AVX2 and scalar paths chosen at run time.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/philox.h"
+
+namespace caffe2_ort {
+
+enum class CpuIsa { kScalar, kAvx2, kAvx512 };
+
+// The best path this CPU supports, capped by the environment variable CAFFE2_ORT_CPU_ISA
+// ("scalar", "avx2", "avx512") so tests can pin every path.
+CpuIsa SelectCpuIsa();
+const char* CpuIsaName(CpuIsa isa);
+
+// Elements per keep-bit word, and the blocks that feed one word.
+constexpr size_t kBitsPerWord = 64;
+constexpr size_t kBlocksPerWord = kBitsPerWord / 4;
+
+// For the run of elements fed by Philox blocks first_block, first_block + 1, ...: writes `words`
+// 64-bit words, bit j of word w being the keep decision (word >= threshold) of element 64 w + j.
+// 0 < threshold < 2^32.
+void KeepBits(CpuIsa isa, PhiloxKey key, uint64_t first_block, size_t words, uint32_t threshold, uint64_t* bits);
+
+}  // namespace caffe2_ort

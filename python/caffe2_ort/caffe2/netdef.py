@@ -1,0 +1,534 @@
+"""Reading and writing Caffe2 NetDefs and TensorProtos, op arguments, and init_net fill ops.
+
+- :func:`read_netdef` reads a binary ``.pb`` or text ``.pbtxt`` NetDef and rejects truncated or
+  foreign files with a one-line :class:`NetDefFormatError`.
+- :func:`read_tensor_protos` / :func:`tensor_proto_to_array` turn Caffe2 TensorProtos into numpy.
+- :class:`Args` reads an OperatorDef's arguments the way Caffe2 did (the payload kind by presence).
+- :func:`evaluate_fill` evaluates ``GivenTensor*Fill`` and ``ConstantFill`` ops into numpy arrays.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from google.protobuf import message as _pb_message
+from google.protobuf import text_format
+
+from . import schema
+from .errors import FillError, NetDefFormatError
+
+# Caffe2 TensorProto.DataType numbers (they are not ONNX's).
+C2_FLOAT, C2_INT32, C2_BYTE, C2_STRING, C2_BOOL = 1, 2, 3, 4, 5
+C2_UINT8, C2_INT8, C2_UINT16, C2_INT16, C2_INT64 = 6, 7, 8, 9, 10
+C2_FLOAT16, C2_DOUBLE = 12, 13
+
+C2_TO_NUMPY = {
+    C2_FLOAT: np.dtype(np.float32),
+    C2_INT32: np.dtype(np.int32),
+    C2_BYTE: np.dtype(np.uint8),
+    C2_STRING: np.dtype(object),
+    C2_BOOL: np.dtype(bool),
+    C2_UINT8: np.dtype(np.uint8),
+    C2_INT8: np.dtype(np.int8),
+    C2_UINT16: np.dtype(np.uint16),
+    C2_INT16: np.dtype(np.int16),
+    C2_INT64: np.dtype(np.int64),
+    C2_FLOAT16: np.dtype(np.float16),
+    C2_DOUBLE: np.dtype(np.float64),
+}
+NUMPY_TO_C2 = {
+    np.dtype(np.float32): C2_FLOAT,
+    np.dtype(np.int32): C2_INT32,
+    np.dtype(object): C2_STRING,
+    np.dtype(bool): C2_BOOL,
+    np.dtype(np.uint8): C2_UINT8,
+    np.dtype(np.int8): C2_INT8,
+    np.dtype(np.uint16): C2_UINT16,
+    np.dtype(np.int16): C2_INT16,
+    np.dtype(np.int64): C2_INT64,
+    np.dtype(np.float16): C2_FLOAT16,
+    np.dtype(np.float64): C2_DOUBLE,
+}
+# ONNX TensorProto.DataType numbers (value_info.json uses these).
+ONNX_TO_NUMPY = {
+    1: np.dtype(np.float32),
+    2: np.dtype(np.uint8),
+    3: np.dtype(np.int8),
+    4: np.dtype(np.uint16),
+    5: np.dtype(np.int16),
+    6: np.dtype(np.int32),
+    7: np.dtype(np.int64),
+    8: np.dtype(object),
+    9: np.dtype(bool),
+    10: np.dtype(np.float16),
+    11: np.dtype(np.float64),
+    12: np.dtype(np.uint32),
+    13: np.dtype(np.uint64),
+}
+NUMPY_TO_ONNX = {v: k for k, v in ONNX_TO_NUMPY.items()}
+
+TEXT_SUFFIXES = {".pbtxt", ".prototxt", ".txt", ".pbtext"}
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+
+
+def _unknown_fields(msg, path="") -> list:
+    """Paths of unknown fields anywhere in a parsed message (foreign data parsed 'successfully')."""
+    from google.protobuf import unknown_fields
+
+    found = [f"{path or msg.DESCRIPTOR.name}#{u.field_number}" for u in unknown_fields.UnknownFieldSet(msg)]
+    for fd, value in msg.ListFields():
+        if fd.type != fd.TYPE_MESSAGE:
+            continue
+        items = value if fd.label == fd.LABEL_REPEATED else [value]
+        for k, item in enumerate(items):
+            found += _unknown_fields(item, f"{path or msg.DESCRIPTOR.name}.{fd.name}[{k}]")
+    return found
+
+
+def _looks_like_text(data: bytes) -> bool:
+    head = data.lstrip()[:200]
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return head[:1].isalpha() or head[:1] == b"#"
+
+
+def parse_netdef(data: bytes, *, source: str = "<bytes>", text: bool | None = None):
+    """Parse NetDef bytes (binary, or text when ``text`` is true or the data looks like text)."""
+    net = schema.NetDef()
+    if text is None:
+        text = False
+    if text:
+        try:
+            text_format.Parse(data.decode("utf-8"), net)
+        except (text_format.ParseError, UnicodeDecodeError) as e:
+            raise NetDefFormatError(f"{source}: not a text-format Caffe2 NetDef ({e})") from None
+    else:
+        try:
+            net.ParseFromString(data)
+        except (_pb_message.DecodeError, RuntimeError, ValueError) as e:
+            if _looks_like_text(data):
+                return parse_netdef(data, source=source, text=True)
+            raise NetDefFormatError(
+                f"{source}: not a Caffe2 NetDef, or truncated ({len(data)} bytes; protobuf says: {e})"
+            ) from None
+        unknown = _unknown_fields(net)
+        if unknown:
+            if _looks_like_text(data):
+                return parse_netdef(data, source=source, text=True)
+            raise NetDefFormatError(
+                f"{source}: not a Caffe2 NetDef (fields that NetDef does not have: {', '.join(unknown[:4])}"
+                f"{' ...' if len(unknown) > 4 else ''}); is it an ONNX model or another protobuf?"
+            )
+    if len(net.op) == 0 and not net.external_input and not net.external_output:
+        raise NetDefFormatError(f"{source}: empty or not a Caffe2 NetDef (no ops, no external inputs or outputs)")
+    for k, op in enumerate(net.op):
+        if not op.type:
+            raise NetDefFormatError(f"{source}: op #{k} has no type; not a Caffe2 NetDef?")
+    return net
+
+
+def read_netdef(path):
+    """Read a NetDef from a binary ``.pb`` or a text ``.pbtxt`` file."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise NetDefFormatError(f"{p}: cannot read ({e.strerror or e})") from None
+    return parse_netdef(data, source=str(p), text=p.suffix.lower() in TEXT_SUFFIXES)
+
+
+def write_netdef(net, path) -> None:
+    """Write a NetDef as text when the suffix says so (``.pbtxt``), else as binary."""
+    p = Path(path)
+    if p.suffix.lower() in TEXT_SUFFIXES:
+        p.write_text(text_format.MessageToString(net), encoding="utf-8")
+    else:
+        p.write_bytes(net.SerializeToString(deterministic=True))
+
+
+def read_value_info(path) -> dict:
+    """Read value_info.json: ``{name: [onnx_elem_type, [dims...]]}`` -> ``{name: (numpy dtype, shape)}``."""
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise NetDefFormatError(f"{p}: cannot read ({e.strerror or e})") from None
+    except json.JSONDecodeError as e:
+        raise NetDefFormatError(f"{p}: not JSON ({e})") from None
+    return parse_value_info(raw, source=str(p))
+
+
+def parse_value_info(raw, *, source="value_info") -> dict:
+    if not isinstance(raw, dict):
+        raise NetDefFormatError(f"{source}: expected an object mapping input names to [elem_type, [dims]]")
+    out = {}
+    for name, entry in raw.items():
+        ok = (
+            isinstance(entry, (list, tuple))
+            and len(entry) == 2
+            and isinstance(entry[0], int)
+            and isinstance(entry[1], (list, tuple))
+            and all(isinstance(d, int) and d >= 0 for d in entry[1])
+        )
+        if not ok:
+            raise NetDefFormatError(f"{source}: entry {name!r} must be [onnx_elem_type, [dims...]], got {entry!r}")
+        if entry[0] not in ONNX_TO_NUMPY:
+            raise NetDefFormatError(f"{source}: entry {name!r} has ONNX elem type {entry[0]}, which is not supported")
+        out[name] = (ONNX_TO_NUMPY[entry[0]], tuple(entry[1]))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# tensors
+
+
+def tensor_proto_to_array(tp) -> np.ndarray:
+    """A Caffe2 TensorProto as a numpy array (all DataTypes a model file carries)."""
+    dt = tp.data_type
+    if dt not in C2_TO_NUMPY:
+        raise NetDefFormatError(f"tensor {tp.name!r}: unsupported Caffe2 data type {dt}")
+    dims = tuple(int(d) for d in tp.dims)
+    numel = int(np.prod(dims, dtype=np.int64))
+    if tp.HasField("segment"):
+        numel = int(tp.segment.end - tp.segment.begin)
+        dims = (numel,)
+    npd = C2_TO_NUMPY[dt]
+    if tp.raw_data and dt not in (C2_STRING,):
+        arr = np.frombuffer(tp.raw_data, dtype=npd.newbyteorder("<")).astype(npd)
+    elif dt == C2_FLOAT:
+        arr = np.asarray(tp.float_data, dtype=np.float32)
+    elif dt == C2_DOUBLE:
+        arr = np.asarray(tp.double_data, dtype=np.float64)
+    elif dt == C2_INT64:
+        arr = np.asarray(tp.int64_data, dtype=np.int64)
+    elif dt == C2_FLOAT16:
+        arr = np.asarray(tp.int32_data, dtype=np.uint16).view(np.float16)
+    elif dt == C2_BYTE:
+        arr = np.frombuffer(tp.byte_data, dtype=np.uint8).copy()
+    elif dt == C2_STRING:
+        arr = np.array(list(tp.string_data), dtype=object)
+    else:  # int32, bool, uint8, int8, uint16, int16 all travel in int32_data
+        arr = np.asarray(tp.int32_data, dtype=np.int64).astype(npd)
+    if arr.size != numel:
+        raise NetDefFormatError(f"tensor {tp.name!r}: dims {list(dims)} need {numel} values, the proto holds {arr.size}")
+    return arr.reshape(dims)
+
+
+def array_to_tensor_proto(name: str, arr) -> "schema.TensorProto":
+    arr = np.asarray(arr)
+    if arr.dtype not in NUMPY_TO_C2:
+        raise NetDefFormatError(f"tensor {name!r}: numpy dtype {arr.dtype} has no Caffe2 DataType")
+    tp = schema.TensorProto(name=name, dims=list(arr.shape), data_type=NUMPY_TO_C2[arr.dtype])
+    flat = arr.reshape(-1)
+    if arr.dtype == np.float32:
+        tp.float_data.extend(flat.tolist())
+    elif arr.dtype == np.float64:
+        tp.double_data.extend(flat.tolist())
+    elif arr.dtype == np.int64:
+        tp.int64_data.extend(flat.tolist())
+    elif arr.dtype == np.float16:
+        tp.int32_data.extend(flat.view(np.uint16).astype(np.int32).tolist())
+    elif arr.dtype == object:
+        tp.string_data.extend(x if isinstance(x, bytes) else str(x).encode() for x in flat)
+    else:
+        tp.int32_data.extend(flat.astype(np.int32).tolist())
+    return tp
+
+
+def read_tensor_protos(path) -> dict:
+    """Read a binary TensorProtos file into ``{name: array}`` (names in file order)."""
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise NetDefFormatError(f"{p}: cannot read ({e.strerror or e})") from None
+    msg = schema.TensorProtos()
+    try:
+        msg.ParseFromString(data)
+    except (_pb_message.DecodeError, RuntimeError, ValueError) as e:
+        raise NetDefFormatError(f"{p}: not a Caffe2 TensorProtos file, or truncated ({e})") from None
+    unknown = _unknown_fields(msg)
+    if unknown or not msg.protos:
+        raise NetDefFormatError(f"{p}: not a Caffe2 TensorProtos file")
+    out = {}
+    for k, tp in enumerate(msg.protos):
+        out[tp.name or f"tensor_{k}"] = tensor_proto_to_array(tp)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# arguments
+
+
+def _arg_value(a):
+    if a.HasField("f"):
+        return float(a.f)
+    if a.HasField("i"):
+        return int(a.i)
+    if a.HasField("s"):
+        return a.s
+    if a.HasField("t"):
+        return a.t
+    if a.HasField("n"):
+        return a.n
+    if len(a.floats):
+        return [float(x) for x in a.floats]
+    if len(a.ints):
+        return [int(x) for x in a.ints]
+    if len(a.strings):
+        return list(a.strings)
+    if len(a.tensors):
+        return list(a.tensors)
+    if len(a.nets):
+        return list(a.nets)
+    return []
+
+
+class Args:
+    """An OperatorDef's (or NetDef's) arguments by name, read the way Caffe2's ArgumentHelper does."""
+
+    def __init__(self, op, where: str = ""):
+        self.where = where or (f"{op.type} op" if hasattr(op, "type") else "net")
+        self.values = {}
+        for a in op.arg:
+            self.values[a.name] = _arg_value(a)
+
+    def has(self, name: str) -> bool:
+        return name in self.values
+
+    def names(self):
+        return list(self.values)
+
+    def _bad(self, name, want):
+        return FillError(f"{self.where}: argument {name!r} should be {want}, got {self.values[name]!r}")
+
+    def int(self, name: str, default=None):
+        if name not in self.values:
+            return default
+        v = self.values[name]
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                return int(v)
+            raise self._bad(name, "an int")
+        return v
+
+    def float(self, name: str, default=None):
+        if name not in self.values:
+            return default
+        v = self.values[name]
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+        raise self._bad(name, "a float")
+
+    def str(self, name: str, default=None):
+        if name not in self.values:
+            return default
+        v = self.values[name]
+        if isinstance(v, bytes):
+            return v.decode("utf-8", "replace")
+        if isinstance(v, list) and not v:
+            return ""
+        raise self._bad(name, "a string")
+
+    def ints(self, name: str, default=None):
+        if name not in self.values:
+            return default
+        v = self.values[name]
+        if isinstance(v, list) and all(isinstance(x, int) for x in v):
+            return list(v)
+        if isinstance(v, int):
+            raise self._bad(name, "a list of ints")
+        raise self._bad(name, "a list of ints")
+
+    def floats(self, name: str, default=None):
+        if name not in self.values:
+            return default
+        v = self.values[name]
+        if isinstance(v, list) and all(isinstance(x, (int, float)) for x in v):
+            return [float(x) for x in v]
+        raise self._bad(name, "a list of floats")
+
+    def strings(self, name: str, default=None):
+        if name not in self.values:
+            return default
+        v = self.values[name]
+        if isinstance(v, list) and all(isinstance(x, bytes) for x in v):
+            return list(v)
+        raise self._bad(name, "a list of strings")
+
+
+# ----------------------------------------------------------------------------------------------
+# init_net fill ops
+
+GIVEN_FILLS = {
+    # op type: (numpy dtype, argument field the values are read from)
+    "GivenTensorFill": (np.dtype(np.float32), "floats"),
+    "GivenTensorDoubleFill": (np.dtype(np.float64), "floats"),
+    "GivenTensorBoolFill": (np.dtype(bool), "ints"),
+    "GivenTensorInt16Fill": (np.dtype(np.int16), "ints"),
+    "GivenTensorIntFill": (np.dtype(np.int32), "ints"),
+    "GivenTensorInt64Fill": (np.dtype(np.int64), "ints"),
+    "GivenTensorStringFill": (np.dtype(object), "strings"),
+    "GivenTensorByteStringToUInt8Fill": (np.dtype(np.uint8), "bytestring"),
+}
+# GivenTensorFill's ``dtype`` argument re-reads ``values`` as another type (Caffe2 DataType numbers).
+_GIVEN_FILL_DTYPES = {
+    C2_FLOAT: (np.dtype(np.float32), "floats"),
+    C2_DOUBLE: (np.dtype(np.float64), "floats"),
+    C2_BOOL: (np.dtype(bool), "ints"),
+    C2_INT32: (np.dtype(np.int32), "ints"),
+    C2_INT64: (np.dtype(np.int64), "ints"),
+    C2_STRING: (np.dtype(object), "strings"),
+}
+FILL_OPS = frozenset(GIVEN_FILLS) | {"ConstantFill"}
+
+
+def _shape_arg(args: Args, op_desc: str):
+    if not args.has("shape"):
+        return None
+    v = args.values["shape"]
+    if isinstance(v, int):
+        raise FillError(f"{op_desc}: argument 'shape' must be a list of ints (Caffe2: 'list expected'), got {v}")
+    shape = args.ints("shape")
+    if any(d < 0 for d in shape):
+        raise FillError(f"{op_desc}: negative dimension in shape {shape}")
+    return tuple(shape)
+
+
+def evaluate_fill(op, blobs=None, index=None) -> np.ndarray:
+    """Evaluate one init_net fill op into a numpy array (its single output's value).
+
+    ``blobs`` holds earlier results, for a ConstantFill that takes its shape from an input.
+    """
+    blobs = blobs or {}
+    out = op.output[0] if len(op.output) else "?"
+    desc = f"init_net op{'' if index is None else f' #{index}'} {op.type} for {out!r}"
+    if len(op.output) != 1:
+        raise FillError(f"{desc}: a fill op must have exactly one output, it has {len(op.output)}")
+    args = Args(op, desc)
+    if op.type in GIVEN_FILLS:
+        if len(op.input):
+            raise FillError(f"{desc}: {op.type} with an input is not supported (shape must come from 'shape')")
+        dtype, field = GIVEN_FILLS[op.type]
+        if op.type == "GivenTensorFill" and args.has("dtype"):
+            code = args.int("dtype")
+            if code not in _GIVEN_FILL_DTYPES:
+                raise FillError(f"{desc}: unsupported dtype {code} (Caffe2 DataType number)")
+            dtype, field = _GIVEN_FILL_DTYPES[code]
+        if not args.has("values"):
+            raise FillError(f"{desc}: no 'values' argument")
+        raw = args.values["values"]
+        if raw == []:
+            values = []
+        elif field == "floats":
+            if not isinstance(raw, list) or not all(isinstance(x, float) for x in raw):
+                raise FillError(f"{desc}: 'values' must be floats")
+            values = raw
+        elif field == "ints":
+            if not isinstance(raw, list) or not all(isinstance(x, int) for x in raw):
+                raise FillError(f"{desc}: 'values' must be ints")
+            values = raw
+        elif field == "strings":
+            if not isinstance(raw, list) or not all(isinstance(x, bytes) for x in raw):
+                raise FillError(f"{desc}: 'values' must be strings")
+            values = raw
+        else:  # bytestring: one string whose bytes are the uint8 data
+            if isinstance(raw, bytes):
+                raw = [raw]
+            if not isinstance(raw, list) or len(raw) != 1 or not isinstance(raw[0], bytes):
+                raise FillError(f"{desc}: 'values' must be one byte string")
+            values = list(raw[0])
+        shape = _shape_arg(args, desc)
+        if shape is None:
+            if len(values) != 1:
+                raise FillError(f"{desc}: no 'shape' argument and {len(values)} values (a scalar needs exactly 1)")
+            shape = ()
+        numel = int(np.prod(shape, dtype=np.int64))
+        if numel != len(values):
+            raise FillError(f"{desc}: shape {list(shape)} needs {numel} values, the op has {len(values)}")
+        if dtype == object:
+            return np.array(values, dtype=object).reshape(shape)
+        return np.asarray(values, dtype=np.float64 if dtype.kind == "f" else np.int64).astype(dtype).reshape(shape)
+
+    if op.type == "ConstantFill":
+        code = args.int("dtype", C2_FLOAT)
+        if code not in C2_TO_NUMPY or code == C2_BYTE:
+            raise FillError(f"{desc}: unsupported dtype {code} (Caffe2 DataType number)")
+        dtype = C2_TO_NUMPY[code]
+        shape = _shape_arg(args, desc)
+        if len(op.input):
+            if shape is not None:
+                raise FillError(f"{desc}: both an input and a 'shape' argument (Caffe2 rejects this)")
+            src = op.input[0]
+            if src not in blobs:
+                raise FillError(f"{desc}: its input {src!r} is not filled by an earlier init_net op")
+            if args.int("input_as_shape", 0):
+                shape = tuple(int(d) for d in np.asarray(blobs[src]).reshape(-1))
+            else:
+                shape = tuple(np.asarray(blobs[src]).shape) + tuple(args.ints("extra_shape", []))
+        elif args.has("extra_shape"):
+            raise FillError(f"{desc}: 'extra_shape' needs an input")
+        shape = shape or ()
+        value = args.values.get("value", 0.0 if dtype.kind == "f" else 0)
+        if dtype == object:
+            value = value if isinstance(value, bytes) else b""
+            return np.full(shape, value, dtype=object)
+        if isinstance(value, (bytes, list)):
+            raise FillError(f"{desc}: 'value' must be a number for dtype {dtype}")
+        return np.full(shape, value, dtype=dtype)
+    raise FillError(f"{desc}: {op.type} is not a fill op the converter can evaluate")
+
+
+def make_given_fill(name: str, arr) -> "schema.OperatorDef":
+    """An init_net op that fills ``name`` with ``arr`` (the GivenTensor*Fill kind matching its dtype)."""
+    arr = np.asarray(arr)
+    op = schema.OperatorDef(output=[name])
+    shape = op.arg.add(name="shape")
+    shape.ints.extend(int(d) for d in arr.shape)
+    values = op.arg.add(name="values")
+    flat = arr.reshape(-1)
+    kinds = {
+        np.dtype(np.float32): "GivenTensorFill",
+        np.dtype(np.float64): "GivenTensorDoubleFill",
+        np.dtype(bool): "GivenTensorBoolFill",
+        np.dtype(np.int16): "GivenTensorInt16Fill",
+        np.dtype(np.int32): "GivenTensorIntFill",
+        np.dtype(np.int64): "GivenTensorInt64Fill",
+        np.dtype(object): "GivenTensorStringFill",
+    }
+    if arr.dtype not in kinds:
+        raise FillError(f"cannot write a fill op for {name!r} of dtype {arr.dtype}")
+    op.type = kinds[arr.dtype]
+    if arr.dtype.kind == "f":
+        values.floats.extend(flat.astype(np.float32).tolist())
+    elif arr.dtype == object:
+        values.strings.extend(x if isinstance(x, bytes) else str(x).encode() for x in flat)
+    else:
+        values.ints.extend(flat.astype(np.int64).tolist())
+    return op
+
+
+def evaluate_init_net(init_net, skip=()) -> dict:
+    """Run every fill op of an init_net in order; returns ``{blob: array}``. Blobs in ``skip``
+    (data inputs that the init_net also fills) are left out. Non-fill ops raise one error listing them."""
+    from collections import Counter
+
+    from .errors import UnsupportedOpsError
+
+    bad = Counter(op.type for op in init_net.op if op.type not in FILL_OPS)
+    if bad:
+        raise UnsupportedOpsError(bad, where="init_net (only GivenTensor*Fill and ConstantFill are evaluated)")
+    blobs = {}
+    for k, op in enumerate(init_net.op):
+        value = evaluate_fill(op, blobs, index=k)
+        if op.output[0] in skip:
+            continue
+        blobs[op.output[0]] = value
+    return blobs
