@@ -36,10 +36,11 @@ IR_VERSION = 8  # accepted by every onnxruntime from 1.14 on
 OPSET = 17
 
 
-def make_data(n=240, n_features=4, n_classes=3, seed=0, dtype=np.float32):
-    """Gaussian blobs: class c centred at a random point, unit-variance noise. Returns (X, labels)."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(scale=2.0, size=(n_classes, n_features))
+def make_data(n=240, n_features=4, n_classes=3, seed=0, dtype=np.float32, sample_seed=None):
+    """Gaussian blobs: class c centred at a point drawn from ``seed``, unit-variance noise. Samples come
+    from ``sample_seed`` (default: ``seed``), so a held-out set shares the centres. Returns (X, labels)."""
+    centres = np.random.default_rng(seed).normal(scale=2.0, size=(n_classes, n_features))
+    rng = np.random.default_rng([seed, 1 if sample_seed is None else 2 + sample_seed])
     labels = rng.integers(0, n_classes, size=n)
     x = centres[labels] + rng.normal(size=(n, n_features))
     return x.astype(dtype), labels.astype(np.int64)
@@ -165,7 +166,7 @@ def main(argv=None):
     ap.add_argument("--mc-samples", type=int, default=50)
     args = ap.parse_args(argv)
     losses, params, forward = train(args.steps, args.lr, seed=args.seed, backend=args.backend, log=print)
-    x, labels = make_data(seed=99)
+    x, labels = make_data(seed=0, sample_seed=99)
     inference = Runner(predictive_model(forward, params, mc=False), args.backend)
     probs = inference.run({"X": x, "labels": labels})["probs"]
     print(f"loss {losses[0]:.4f} -> {losses[-1]:.4f}; held-out accuracy {np.mean(probs.argmax(1) == labels):.3f}")

@@ -269,6 +269,13 @@ def register_schemas() -> None:
     defs = _api()
     if is_registered():
         return
+    # onnx.reference indexes every registered schema by op name alone when it is first imported and
+    # raises NotImplementedError on a name found in two domains ("Dropout" is in "" and ai.caffe2).
+    # Importing it before our schemas exist keeps onnx.reference usable after `import caffe2_ort`.
+    try:
+        import onnx.reference.op_run  # noqa: F401
+    except ImportError:  # pragma: no cover - onnx without the reference runtime
+        pass
     schemas = _make_schemas(defs)
     for op, schema in schemas.items():
         if defs.has(op, OPSET_VERSION, DOMAIN):
