@@ -115,3 +115,101 @@ def dropout_nodes(ref):
         if isinstance(node, Dropout):
             out[node.onnx_node.name or node.onnx_node.output[0]] = node
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Pure-Python fallback through onnxruntime-extensions' PyOp mechanism
+
+PYOP_DTYPES = ("float32", "float64")
+_pyop_streams = {}
+_pyop_lock = __import__("threading").Lock()
+_pyop_registered = []
+
+
+def register_pyop():
+    """Register ai.caffe2 Dropout and DropoutGrad as onnxruntime-extensions PyOps (float32 and float64).
+
+    A session then runs them through ``onnxruntime_extensions.get_library_path()`` instead of our native
+    library (never load both in one session: both would claim the ai.caffe2 domain). PyOps are declared
+    with ``op_type="ai.caffe2::Dropout"``: extensions splits ``domain::op`` and registers the op in that
+    domain (its default domain is ai.onnx.contrib). What PyOps cannot express, and how this fallback
+    copes (so run :func:`prepare_for_pyop` on the model first):
+
+    - every declared attribute is required: ``prepare_for_pyop`` writes the defaults, and a random seed
+      for seedless nodes;
+    - input and output counts are fixed: Dropout always has a mask output, DropoutGrad always a mask input;
+    - the Python function is shared by all nodes and sessions and is not told which node calls it: each
+      node carries a ``node_key`` attribute that keys its RNG counter, and the counters live in the
+      process, not the session; call :func:`reset_pyop_state` to get "fresh session" streams again;
+    - one element type per declaration: float32 and float64 are registered (no float16/bfloat16).
+    Returns the number of op declarations made (0 when already registered).
+    """
+    if _pyop_registered:
+        return 0
+    from onnxruntime_extensions import PyCustomOpDef as D, onnx_op
+
+    common = {"ratio": D.dt_float, "is_test": D.dt_int64, "engine": D.dt_string}
+    for dt, code in (("float32", D.dt_float), ("float64", D.dt_double)):
+        def dropout(x, ratio, is_test, engine, seed, node_key, _dt=dt):
+            with _pyop_lock:
+                stream = _pyop_streams.get(node_key)
+                if stream is None or stream.seed != int(seed):
+                    stream = _pyop_streams[node_key] = _ref.DropoutStream(int(seed))
+                base = stream.counter
+                if _ref.consumes_rng(ratio, is_test):
+                    stream.counter += _ref.blocks_for(np.asarray(x).size)
+            y, mask = _ref.dropout(np.asarray(x, dtype=_dt), ratio=ratio, is_test=is_test, seed=int(seed), base=base)
+            return y, mask
+
+        def dropout_grad(dy, mask, ratio, is_test, engine, _dt=dt):
+            return _ref.dropout_grad(np.asarray(dy, dtype=_dt), None if is_test else np.asarray(mask, bool),
+                                     ratio=ratio, is_test=is_test)
+
+        _pyop_registered.append(onnx_op(op_type=f"{DOMAIN}::Dropout", inputs=[code], outputs=[code, D.dt_bool],
+                                        attrs={**common, "seed": D.dt_int64, "node_key": D.dt_string})(dropout))
+        _pyop_registered.append(onnx_op(op_type=f"{DOMAIN}::DropoutGrad", inputs=[code, D.dt_bool], outputs=[code],
+                                        attrs=common)(dropout_grad))
+    return len(_pyop_registered)
+
+
+def reset_pyop_state():
+    """Forget every PyOp node's RNG counter (the next runs draw as a fresh session's would)."""
+    with _pyop_lock:
+        _pyop_streams.clear()
+
+
+def prepare_for_pyop(model):
+    """A copy of ``model`` that the PyOp fallback can run: explicit attributes, a ``node_key`` per
+    Dropout, a random seed for seedless nodes, a mask output on every Dropout and a mask input on
+    every DropoutGrad (a constant, ignored in test mode)."""
+    from onnx import TensorProto, helper
+
+    from .graph import _Names, _set_attr
+
+    model = __import__("copy").deepcopy(model)
+    g = model.graph
+    names = _Names(g)
+    dummy = None
+    for i, n in enumerate(g.node):
+        if n.domain != DOMAIN or n.op_type not in ("Dropout", "DropoutGrad"):
+            continue
+        have = {a.name for a in n.attribute}
+        for k, v in (("ratio", 0.5), ("is_test", 0), ("engine", "")):
+            if k not in have:
+                _set_attr(n, k, v)
+        if n.op_type == "Dropout":
+            if "seed" not in have:
+                _set_attr(n, "seed", secrets.randbits(63))
+            _set_attr(n, "node_key", f"{id(model)}:{i}:{n.name or n.output[0]}")
+            if len(n.output) < 2 or not n.output[1]:
+                del n.output[1:]
+                n.output.append(names(f"{n.output[0]}_pyop_mask"))
+        elif len(n.input) < 2 or not n.input[1]:
+            if dummy is None:
+                dummy = names("pyop_unused_mask")
+                g.node.insert(0, helper.make_node("Constant", [], [dummy], name=names("pyop_unused_mask_const"),
+                                                  value=helper.make_tensor(dummy, TensorProto.BOOL, [1], [True])))
+            del n.input[1:]
+            n.input.append(dummy)
+    return model
+
