@@ -545,7 +545,7 @@ def from_onnx_dropout(model, *, seed=None, engine="", warn=True, domain=DOMAIN):
 # backward graphs
 
 SUPPORTED_GRADIENT_OPS = (
-    "Gemm", "MatMul (2-D)", "Add", "Sub", "Mul", "Relu", "Sigmoid", "Tanh", "Identity",
+    "Gemm", "MatMul (2-D)", "Add", "Sub", "Mul", "Neg", "Relu", "Sigmoid", "Tanh", "Identity",
     "ai.caffe2 Dropout", "SoftmaxCrossEntropyLoss (2-D scores, reduction mean or sum, no weights)",
 )
 
@@ -672,6 +672,9 @@ class _Backward:
         elif op == "Identity":
             if needs(ins[0]):
                 self.add_grad(ins[0], dy)
+        elif op == "Neg":
+            if needs(ins[0]):
+                self.add_grad(ins[0], self.node("Neg", [dy], base=f"{ins[0]}_grad_part"))
         elif op == f"{self.domain}::Dropout":
             if needs(ins[0]):
                 is_test = int(a.get("is_test", 0))
