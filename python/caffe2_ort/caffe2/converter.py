@@ -1,0 +1,496 @@
+"""Caffe2 NetDef (predict_net + init_net + value_info) -> ONNX model.
+
+:func:`convert` does the whole job:
+
+1. init_net fill ops become initializers (their ONNX element types mapped from Caffe2's); blobs that
+   value_info (or ``input_shapes``) describes stay graph inputs even when init_net also fills them.
+2. Every blob the predict net reads before writing is classified: data input (needs value info),
+   weight (needs a fill op) or an error that names it.
+3. SSA renaming: a blob written k times gets k versions. Graph inputs and initializers keep their
+   names (version 0); the last version of any other blob keeps its name, so external outputs keep
+   theirs; intermediate versions are ``<name>_<version>``.
+4. Ops are translated one by one with Caffe2's sizing rules (static shapes are known throughout).
+   Dropout / DropoutGrad become ``ai.caffe2`` nodes (or standard ONNX ops with ``dropout="onnx"``).
+5. The model gets a non-empty graph name, opset imports, an explicit ``ir_version`` and is checked
+   with ``onnx.checker`` (with the ai.caffe2 schemas registered when the package provides them).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from . import shapes as S
+from .errors import Caffe2Error, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError
+from .netdef import NUMPY_TO_ONNX, Args, evaluate_init_net
+
+CAFFE2_DOMAIN = "ai.caffe2"
+CAFFE2_OPSET = 1
+DEFAULT_OPSET = 17
+MIN_OPSET = 13  # Softmax on one axis, Dropout's ratio/training_mode inputs
+# IR 8 goes with opset 17 and is accepted by every onnxruntime from 1.14 on (1.16 reads up to IR 9).
+DEFAULT_IR_VERSION = 8
+DROPOUT_MODES = ("caffe2", "onnx")
+
+
+@dataclass
+class Conversion:
+    """The result of :func:`convert`."""
+
+    model: onnx.ModelProto
+    names: dict  # Caffe2 blob -> ONNX name of its last version
+    op_outputs: list  # per Caffe2 op: the ONNX names of its outputs (SSA versions)
+    inputs: dict  # graph input name -> (numpy dtype, shape)
+    outputs: list  # graph output names
+    notes: list = field(default_factory=list)  # things the user may want to know (dropped outputs, ...)
+
+
+def effective_seed(op, net):
+    """The Dropout seed Caffe2 would use: the op's device_option.random_seed, or the net's when the op
+    has no device_option (Caffe2 copies the net's option only to ops that lack one); None when unset,
+    except under engine CUDNN, whose descriptor was seeded with 0 when no seed was set."""
+    dopt = None
+    if op.HasField("device_option"):
+        dopt = op.device_option
+    elif net is not None and net.HasField("device_option"):
+        dopt = net.device_option
+    if dopt is not None and dopt.HasField("random_seed"):
+        return int(dopt.random_seed)
+    return 0 if op.engine == "CUDNN" else None
+
+
+def _first_readers(net):
+    """Blob -> (op index, slot) of its first read, for blobs read before any op writes them."""
+    written, first = set(), {}
+    for k, op in enumerate(net.op):
+        for slot, name in enumerate(op.input):
+            if name not in written and name not in first:
+                first[name] = (k, slot)
+        written.update(op.output)
+    return first
+
+
+def _ssa_names(net, initial):
+    """ONNX names per op output, per op input, and the final name of each blob."""
+    writes = Counter(b for op in net.op for b in op.output)
+    taken = set(initial) | set(writes) | {b for op in net.op for b in op.input}
+    version_name = {}
+
+    def name_for(blob, v):
+        has_initial = blob in initial
+        last = writes[blob]
+        if v == 0 or (v == last and not has_initial):
+            return blob
+        key = (blob, v)
+        if key not in version_name:
+            cand = f"{blob}_{v}"
+            while cand in taken:
+                cand += "_"
+            taken.add(cand)
+            version_name[key] = cand
+        return version_name[key]
+
+    ver = {b: 0 for b in initial}
+    op_inputs, op_outputs = [], []
+    for op in net.op:
+        op_inputs.append([name_for(b, ver.get(b, 0)) if b else "" for b in op.input])
+        outs = []
+        for b in op.output:
+            ver[b] = ver.get(b, 0) + 1
+            outs.append(name_for(b, ver[b]))
+        op_outputs.append(outs)
+    final = {b: name_for(b, v) for b, v in ver.items()}
+    return op_inputs, op_outputs, final
+
+
+class _Graph:
+    def __init__(self, taken):
+        self.nodes, self.initializers = [], []
+        self.taken = set(taken)
+        self.infos = {}
+        self.used_caffe2 = False
+
+    def fresh(self, hint):
+        cand, k = hint, 0
+        while cand in self.taken:
+            k += 1
+            cand = f"{hint}_{k}"
+        self.taken.add(cand)
+        return cand
+
+    def const(self, hint, arr):
+        name = self.fresh(hint)
+        arr = np.asarray(arr)
+        self.initializers.append(numpy_helper.from_array(arr, name))
+        self.infos[name] = S.Info(arr.dtype, tuple(arr.shape))
+        return name
+
+    def node(self, op_type, inputs, outputs, name, domain="", **attrs):
+        node = helper.make_node(op_type, inputs, outputs, name=self.fresh(name), domain=domain or None, **attrs)
+        if domain == CAFFE2_DOMAIN:
+            self.used_caffe2 = True
+        self.nodes.append(node)
+        return node
+
+
+def _check_opset(opset):
+    newest = onnx.defs.onnx_opset_version()
+    if not MIN_OPSET <= opset <= newest:
+        raise Caffe2Error(f"opset {opset} is not supported: use {MIN_OPSET}..{newest} (the installed onnx's newest)")
+
+
+def convert(
+    predict_net,
+    init_net=None,
+    value_info=None,
+    *,
+    input_shapes=None,
+    init_blobs=None,
+    dropout="caffe2",
+    opset=DEFAULT_OPSET,
+    ir_version=DEFAULT_IR_VERSION,
+    name=None,
+    extra_outputs=(),
+    check=True,
+) -> Conversion:
+    """Convert a Caffe2 predict net to an ONNX model.
+
+    ``value_info``: ``{name: (numpy dtype, shape)}`` for the data inputs (see ``read_value_info``).
+    ``input_shapes``: ``{name: shape}`` overriding or adding data inputs (float32 unless value_info
+    types them). ``init_blobs``: already evaluated weights, instead of ``init_net``.
+    ``dropout``: "caffe2" (ai.caffe2 nodes) or "onnx" (standard ONNX ops, see docs/converter.md).
+    ``extra_outputs``: Caffe2 blob names to expose as graph outputs too (their last versions).
+    """
+    if dropout not in DROPOUT_MODES:
+        raise Caffe2Error(f"dropout mode must be one of {', '.join(DROPOUT_MODES)}, not {dropout!r}")
+    _check_opset(opset)
+    data = {k: (np.dtype(v[0]), tuple(int(d) for d in v[1])) for k, v in (value_info or {}).items()}
+    for k, shape in (input_shapes or {}).items():
+        dtype = data[k][0] if k in data else np.dtype(np.float32)
+        data[k] = (dtype, tuple(int(d) for d in shape))
+    if init_blobs is not None:
+        weights = {k: np.asarray(v) for k, v in init_blobs.items() if k not in data}
+    elif init_net is not None:
+        weights = evaluate_init_net(init_net, skip=set(data))
+    else:
+        weights = {}
+
+    # 1. unsupported op types and variants, all at once
+    readers = Counter(b for op in predict_net.op for b in op.input)
+    external_out = set(predict_net.external_output)
+    bad = Counter()
+    for op in predict_net.op:
+        label = S.unsupported_variant(op, Args(op))
+        if label is None and S.canonical(op.type) == "LRN" and len(op.output) > 1:
+            if readers[op.output[1]] or op.output[1] in external_out:
+                label = "LRN(scale output used)"
+        if label:
+            bad[label] += 1
+    if bad:
+        raise UnsupportedOpsError(bad)
+
+    # 2. what the net reads before writing: graph inputs, initializers, or errors
+    first = _first_readers(predict_net)
+    order = [b for b in predict_net.external_input if b in first]
+    order += [b for b in first if b not in set(order)]
+    inputs, inits, no_fill, no_info = {}, {}, [], []
+    for b in order:
+        if b in data:
+            inputs[b] = data[b]
+        elif b in weights:
+            inits[b] = weights[b]
+        else:
+            k, slot = first[b]
+            op = predict_net.op[k]
+            (no_fill if S.is_weight_slot(op, slot) else no_info).append(f"{b!r} (input {slot} of {op.type} op #{k})")
+    if no_info:
+        more = f" and {len(no_info) - 3} more" if len(no_info) > 3 else ""
+        raise MissingValueInfoError(
+            f"no value info for input {', '.join(no_info[:3])}{more}: give --value-info value_info.json or --input NAME:d0,d1,..."
+        )
+    if no_fill:
+        more = f" and {len(no_fill) - 3} more" if len(no_fill) > 3 else ""
+        hint = "no init_net was given (make one with synth-init)" if init_net is None and init_blobs is None else "init_net has no fill op for it"
+        raise MissingWeightError(f"weight {', '.join(no_fill[:3])}{more}: {hint}")
+
+    # 3. SSA
+    initial = list(inputs) + list(inits)
+    overwritten_io = [b for b in predict_net.external_output if b in initial and any(b in op.output for op in predict_net.op)]
+    if overwritten_io:
+        raise Caffe2Error(
+            f"blob {overwritten_io[0]!r} is a graph input or weight and an external output written by the net; "
+            "ONNX needs distinct names for the two"
+        )
+    op_inputs, op_outputs, final = _ssa_names(predict_net, initial)
+
+    # 4. translate
+    g = _Graph(set(final) | {n for outs in op_outputs for n in outs} | set(initial) | set(weights))
+    for b, (dtype, shape) in inputs.items():
+        g.infos[b] = S.Info(dtype, shape)
+    for b, arr in inits.items():
+        g.initializers.append(numpy_helper.from_array(arr, b))
+        g.infos[b] = S.Info(arr.dtype, tuple(arr.shape))
+    notes = []
+    for k, op in enumerate(predict_net.op):
+        where = f"{op.type} op #{k}" + (f" ({op.name})" if op.name else "")
+        ins = [g.infos.get(n) if n else None for n in op_inputs[k]]
+        out_infos = S.infer(op, ins, where)
+        for n, info in zip(op_outputs[k], out_infos):
+            g.infos[n] = info
+        _emit(g, predict_net, op, k, op_inputs[k], op_outputs[k], ins, out_infos, where, dropout, inits, notes, readers)
+
+    # 5. outputs
+    outputs = [final[b] for b in predict_net.external_output if b in final]
+    missing = [b for b in predict_net.external_output if b not in final]
+    if missing:
+        notes.append(f"external outputs never produced, left out: {', '.join(missing)}")
+    if not predict_net.external_output:
+        produced = [n for outs in op_outputs for n in outs]
+        consumed = {n for ins_ in op_inputs for n in ins_}
+        outputs = [n for n in produced if n not in consumed]
+    for b in extra_outputs:
+        if b not in final:
+            raise Caffe2Error(f"extra output {b!r} is not a blob of the net")
+        if final[b] not in outputs:
+            outputs.append(final[b])
+    # initializers replaced by reshaped copies (FC weights, broadcast operands) and never read
+    used = {n for node in g.nodes for n in node.input} | set(outputs)
+    g.initializers = [t for t in g.initializers if t.name in used]
+    graph_name = name or predict_net.name or "caffe2_net"
+    graph = helper.make_graph(
+        g.nodes,
+        graph_name,
+        [helper.make_tensor_value_info(b, NUMPY_TO_ONNX[dt], list(sh)) for b, (dt, sh) in inputs.items()],
+        [helper.make_tensor_value_info(n, NUMPY_TO_ONNX[g.infos[n].dtype], list(g.infos[n].shape)) for n in outputs],
+        initializer=g.initializers,
+    )
+    opsets = [helper.make_opsetid("", opset)]
+    if g.used_caffe2:
+        opsets.append(helper.make_opsetid(CAFFE2_DOMAIN, CAFFE2_OPSET))
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="caffe2-ort", producer_version=_version())
+    model.ir_version = ir_version
+    if check:
+        check_model(model)
+    return Conversion(model, final, op_outputs, dict(inputs), outputs, notes)
+
+
+def _version():
+    try:
+        from .. import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return ""
+
+
+def register_schemas() -> bool:
+    """Register the ai.caffe2 ONNX schemas when the package provides them; True if registered."""
+    try:
+        from ..schemas import register_schemas as reg
+    except ImportError:
+        return False
+    reg()
+    return True
+
+
+def check_model(model) -> None:
+    """onnx.checker (full check, so shape inference too) with the ai.caffe2 schemas registered."""
+    full = register_schemas()
+    try:
+        onnx.checker.check_model(model, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise Caffe2Error(f"the converted model fails the ONNX checker: {first}") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# per-op translation
+
+
+def _reshape_to(g, src, info_src, shape, hint, inits, name):
+    """``src`` with ``shape``: reshaped in place when it is an initializer, else through a Reshape node."""
+    shape = tuple(int(d) for d in shape)
+    if tuple(info_src.shape) == shape:
+        return src
+    if src in inits:
+        return g.const(f"{src}_{'x'.join(map(str, shape)) or 'scalar'}", np.asarray(inits[src]).reshape(shape))
+    out = g.fresh(hint)
+    g.node("Reshape", [src, g.const(f"{hint}_shape", np.asarray(shape, dtype=np.int64))], [out], name)
+    g.infos[out] = S.Info(info_src.dtype, shape)
+    return out
+
+
+def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, readers):
+    t = S.canonical(op.type)
+    args = Args(op, where)
+    node_name = op.name or f"{op.type}_{k}"
+    x = ins[0]
+
+    if t in ("Conv", "ConvTranspose"):
+        p = S.resolve_conv_pool(op, x.shape, ins[1].shape, where)
+        attrs = dict(kernel_shape=p["kernel"], strides=p["stride"], pads=p["begin"] + p["end"], group=p["group"])
+        if t == "Conv":
+            attrs["dilations"] = p["dilation"]
+        elif any(p["adj"]):
+            attrs["output_padding"] = p["adj"]
+        if t == "ConvTranspose" and any(d != 1 for d in p["dilation"]):
+            attrs["dilations"] = p["dilation"]
+        g.node(t, [n for n in xin[:3] if n], xout[:1], node_name, **attrs)
+        return
+
+    if t in ("MaxPool", "AveragePool"):
+        p = S.resolve_conv_pool(op, x.shape, None, where)
+        if p["global_pool"]:
+            g.node("Global" + t, xin[:1], xout[:1], node_name)
+            return
+        attrs = dict(kernel_shape=p["kernel"], strides=p["stride"], pads=p["begin"] + p["end"])
+        if t == "AveragePool":
+            attrs["count_include_pad"] = 1 if args.int("count_include_pad", 0) else 0
+        g.node(t, xin[:1], xout[:1], node_name, **attrs)
+        if p["legacy"] == S.CAFFE_LEGACY_POOLING:
+            notes.append(f"{where}: legacy_pad CAFFE_LEGACY_POOLING expressed as explicit end pads {p['end']}")
+        return
+
+    if t == "FC":
+        axis = S.canonical_axis(args.int("axis", 1), len(x.shape), where)
+        w, b = ins[1], ins[2]
+        axis_w = S.canonical_axis(args.int("axis_w", 1), len(w.shape), where)
+        m, kk = S.flatten2d(x.shape, axis)
+        n, _ = S.flatten2d(w.shape, axis_w)
+        x2 = _reshape_to(g, xin[0], x, (m, kk), f"{xin[0]}_2d", inits, node_name + "_flatten")
+        w2 = _reshape_to(g, xin[1], w, (n, kk), f"{xin[1]}_2d", inits, node_name + "_flatten_w")
+        b1 = _reshape_to(g, xin[2], b, (n,), f"{xin[2]}_1d", inits, node_name + "_flatten_b")
+        final_shape = outs[0].shape
+        if tuple(final_shape) == (m, n):
+            g.node("Gemm", [x2, w2, b1], xout[:1], node_name, transB=1)
+        else:
+            tmp = g.fresh(f"{xout[0]}_2d")
+            g.infos[tmp] = S.Info(x.dtype, (m, n))
+            g.node("Gemm", [x2, w2, b1], [tmp], node_name, transB=1)
+            g.node("Reshape", [tmp, g.const(f"{xout[0]}_shape", np.asarray(final_shape, np.int64))], xout[:1], node_name + "_reshape")
+        return
+
+    if t in ("Relu", "Sigmoid", "Tanh"):
+        g.node(t, xin[:1], xout[:1], node_name)
+        return
+    if t == "Copy":
+        g.node("Identity", xin[:1], xout[:1], node_name)
+        return
+
+    if t == "LRN":
+        g.node(
+            "LRN", xin[:1], xout[:1], node_name, size=args.int("size"), alpha=args.float("alpha", 0.0),
+            beta=args.float("beta", 0.0), bias=args.float("bias", 1.0),
+        )  # fmt: skip
+        if len(xout) > 1:
+            notes.append(f"{where}: scale output {op.output[1]!r} dropped (nothing reads it)")
+        return
+
+    if t == "Softmax":
+        rank = len(x.shape)
+        axis = S.canonical_axis(args.int("axis", 1), rank, where)
+        if axis == rank - 1:
+            g.node("Softmax", xin[:1], xout[:1], node_name, axis=axis)
+        else:  # Caffe2 coerces to 2-D at axis
+            flat = g.fresh(f"{xout[0]}_2d")
+            sm = g.fresh(f"{xout[0]}_2d_softmax")
+            g.node("Flatten", xin[:1], [flat], node_name + "_flatten", axis=axis)
+            g.node("Softmax", [flat], [sm], node_name, axis=1)
+            g.node("Reshape", [sm, g.const(f"{xout[0]}_shape", np.asarray(x.shape, np.int64))], xout[:1], node_name + "_reshape")
+        return
+
+    if t == "Flatten":
+        g.node("Flatten", xin[:1], xout[:1], node_name, axis=S.canonical_axis(args.int("axis", 1), len(x.shape) + 1, where))
+        return
+
+    if t == "Reshape":
+        g.node("Reshape", [xin[0], g.const(f"{xout[0]}_shape", np.asarray(outs[0].shape, np.int64))], xout[:1], node_name)
+        if len(xout) > 1 and (readers[op.output[1]] or op.output[1] in net.external_output):
+            g.node("Constant", [], [xout[1]], node_name + "_old_shape", value=numpy_helper.from_array(np.asarray(x.shape, np.int64)))
+        return
+
+    if t == "Concat":
+        add_axis = bool(args.int("add_axis", 0))
+        rank = len(x.shape) + (1 if add_axis else 0)
+        axis = S.canonical_axis(S.concat_axis(args, where), rank, where)
+        parts = list(xin)
+        if add_axis:
+            parts = [
+                _reshape_to(g, n, info, (*info.shape[:axis], 1, *info.shape[axis:]), f"{n}_expanded", inits, f"{node_name}_expand_{j}")
+                for j, (n, info) in enumerate(zip(xin, ins))
+            ]
+        g.node("Concat", parts, xout[:1], node_name, axis=axis)
+        if len(xout) > 1 and (readers[op.output[1]] or op.output[1] in net.external_output):
+            sizes = [1 if add_axis else int(info.shape[axis]) for info in ins]
+            g.node("Constant", [], [xout[1]], node_name + "_split_info", value=numpy_helper.from_array(np.asarray(sizes, np.int32)))
+        return
+
+    if t == "SpatialBN":
+        g.node("BatchNormalization", xin[:5], xout[:1], node_name, epsilon=args.float("epsilon", 1e-5))
+        return
+
+    if t == "Sum":
+        g.node("Sum" if len(xin) > 1 else "Identity", list(xin), xout[:1], node_name)
+        return
+
+    if t in S.BINARY_OPS:
+        a, b = ins[0], ins[1]
+        bname = xin[1]
+        if args.int("broadcast", 0):
+            axis = S.legacy_broadcast_axis(a.shape, b.shape, args.int("axis", -1), where)
+            target = (1,) * axis + tuple(b.shape) + (1,) * (len(a.shape) - axis - len(b.shape))
+            bname = _reshape_to(g, bname, b, target, f"{bname}_aligned", inits, node_name + "_align")
+        g.node(t, [xin[0], bname], xout[:1], node_name)
+        return
+
+    if t == "Dropout":
+        ratio = args.float("ratio", 0.5)
+        is_test = args.int("is_test", 0)
+        seed = effective_seed(op, net)
+        if dropout == "caffe2":
+            attrs = dict(ratio=ratio, is_test=is_test)
+            if op.engine:
+                attrs["engine"] = op.engine
+            if seed is not None:
+                attrs["seed"] = seed
+            g.node("Dropout", xin[:1], list(xout[:2]), node_name, domain=CAFFE2_DOMAIN, **attrs)
+        else:
+            r = g.const(f"{node_name}_ratio", np.asarray(ratio, dtype=x.dtype))
+            tm = g.const(f"{node_name}_training_mode", np.asarray(not is_test, dtype=bool))
+            attrs = {} if seed is None else {"seed": seed}
+            g.node("Dropout", [xin[0], r, tm], list(xout[:2]), node_name, **attrs)
+        return
+
+    if t == "DropoutGrad":
+        ratio = args.float("ratio", 0.5)
+        is_test = args.int("is_test", 0)
+        if dropout == "caffe2":
+            attrs = dict(ratio=ratio, is_test=is_test)
+            if op.engine:
+                attrs["engine"] = op.engine
+            g.node("DropoutGrad", [n for n in xin[:2]], xout[:1], node_name, domain=CAFFE2_DOMAIN, **attrs)
+            return
+        # standard ONNX has no DropoutGrad: dX = dY (test), else (dY * mask) * scale
+        if is_test:
+            g.node("Identity", xin[:1], xout[:1], node_name)
+            return
+        if len(xin) < 2 or not xin[1]:
+            raise ShapeError(f"{where}: training-mode DropoutGrad needs the mask input")
+        from ..reference import drop_scale
+
+        m = g.fresh(f"{xout[0]}_mask_as_{x.dtype.name}")
+        mask = xin[1]
+        if tuple(ins[1].shape) != tuple(x.shape):
+            mask = _reshape_to(g, mask, ins[1], x.shape, f"{mask}_reshaped", inits, node_name + "_mask_reshape")
+        g.node("Cast", [mask], [m], node_name + "_cast", to=NUMPY_TO_ONNX[x.dtype])
+        masked = g.fresh(f"{xout[0]}_masked")
+        g.node("Mul", [xin[0], m], [masked], node_name + "_mask")
+        scale = g.const(f"{node_name}_scale", np.asarray(drop_scale(ratio), dtype=x.dtype))
+        g.node("Mul", [masked, scale], xout[:1], node_name)
+        return
+
+    raise ShapeError(f"{where}: no ONNX translation for {op.type}")  # pragma: no cover - filtered earlier

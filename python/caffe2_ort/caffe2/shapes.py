@@ -1,0 +1,406 @@
+"""Caffe2 shape rules for the supported op set, used by the converter and the synthesiser.
+
+Everything here follows Caffe2's own sizing (``ConvPoolOpBase::ComputeSizeAndPad``, FC's flattening
+at ``axis``/``axis_w``, legacy broadcasting, ...). The numpy executor does not use this module: it
+sizes its outputs by its own code, so the two stay independent checks of each other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import namedtuple
+
+import numpy as np
+
+from .errors import ShapeError
+from .netdef import Args
+
+Info = namedtuple("Info", "dtype shape")
+
+NOTSET, VALID, SAME, CAFFE_LEGACY_POOLING = 0, 1, 2, 3
+LEGACY_PAD_NAMES = {NOTSET: "NOTSET", VALID: "VALID", SAME: "SAME", CAFFE_LEGACY_POOLING: "CAFFE_LEGACY_POOLING"}
+
+ALIASES = {
+    "Conv1D": "Conv", "Conv2D": "Conv", "Conv3D": "Conv",
+    "ConvTranspose1D": "ConvTranspose", "ConvTranspose2D": "ConvTranspose", "ConvTranspose3D": "ConvTranspose",
+    "MaxPool1D": "MaxPool", "MaxPool2D": "MaxPool", "MaxPool3D": "MaxPool",
+    "AveragePool1D": "AveragePool", "AveragePool2D": "AveragePool", "AveragePool3D": "AveragePool",
+}  # fmt: skip
+SUPPORTED_OPS = frozenset(
+    ["Conv", "ConvTranspose", "FC", "Relu", "Sigmoid", "Tanh", "LRN", "MaxPool", "AveragePool", "Softmax",
+     "Concat", "SpatialBN", "Sum", "Add", "Sub", "Mul", "Div", "Reshape", "Flatten", "Dropout",
+     "DropoutGrad", "Copy"]
+)  # fmt: skip
+BINARY_OPS = ("Add", "Sub", "Mul", "Div")
+# Inputs that are parameters (filled by init_net) rather than data, per op type.
+WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "FC": (1, 2), "SpatialBN": (1, 2, 3, 4)}
+
+
+def canonical(op_type: str) -> str:
+    return ALIASES.get(op_type, op_type)
+
+
+def is_weight_slot(op, slot: int) -> bool:
+    t = canonical(op.type)
+    if slot in WEIGHT_SLOTS.get(t, ()):
+        return True
+    return t in BINARY_OPS and slot == 1 and Args(op).int("broadcast", 0) == 1
+
+
+def unsupported_variant(op, args: Args):
+    """A short label when a supported op type is used in a way the tools do not handle, else None."""
+    t = canonical(op.type)
+    if t not in SUPPORTED_OPS:
+        return op.type
+    order = args.str("order", "NCHW")
+    if order != "NCHW" and t in ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LRN", "SpatialBN", "Concat"):
+        if not (t == "Concat" and args.has("axis")):
+            return f"{op.type}(order={order})"
+    if t == "SpatialBN" and not args.int("is_test", 0):
+        return "SpatialBN(is_test=0, training mode)"
+    if t == "SpatialBN" and len(op.output) != 1:
+        return "SpatialBN(more than 1 output)"
+    if t in ("MaxPool", "AveragePool") and any(
+        d != 1 for d in (args.ints("dilations") or [args.int("dilation", 1), args.int("dilation_h", 1), args.int("dilation_w", 1)])
+    ):
+        return f"{op.type}(dilation)"
+    if t == "ConvTranspose" and args.int("legacy_pad", NOTSET) != NOTSET:
+        return "ConvTranspose(legacy_pad)"
+    if t == "Reshape" and len(op.input) > 1:
+        return "Reshape(shape from an input)"
+    if t == "FC" and len(op.input) != 3:
+        return "FC(without bias)"
+    if t in BINARY_OPS and len(op.input) != 2:
+        return f"{op.type}({len(op.input)} inputs)"
+    return None
+
+
+# ----------------------------------------------------------------------------------------------
+# conv / pool geometry
+
+
+def _per_dim(args: Args, plural: str, singular: str, h: str, w: str, nd: int, default: int, where: str):
+    if args.has(plural):
+        v = args.ints(plural)
+        if len(v) != nd:
+            raise ShapeError(f"{where}: '{plural}' has {len(v)} values for {nd} spatial dims")
+        return v
+    if args.has(singular):
+        return [args.int(singular)] * nd
+    if args.has(h) or args.has(w):
+        if nd != 2:
+            raise ShapeError(f"{where}: '{h}'/'{w}' need 2 spatial dims, the input has {nd}")
+        return [args.int(h, default), args.int(w, default)]
+    return [default] * nd
+
+
+def conv_pool_params(op, x_shape, where: str = ""):
+    """Kernel, strides, dilations, pads (begin, end), output spatial size and flags of a conv/pool op,
+    for an input of ``x_shape`` (NCHW...), following Caffe2's sizing rules."""
+    t = canonical(op.type)
+    args = Args(op)
+    where = where or f"{op.type} op"
+    nd = len(x_shape) - 2
+    if nd < 1:
+        raise ShapeError(f"{where}: input of rank {len(x_shape)}; conv and pool ops need N, C and spatial dims")
+    spatial = list(x_shape[2:])
+    global_pool = t in ("MaxPool", "AveragePool") and bool(args.int("global_pooling", 0))
+    if global_pool:
+        kernel = spatial
+    else:
+        kernel = _per_dim(args, "kernels", "kernel", "kernel_h", "kernel_w", nd, 0, where)
+        if t in ("Conv", "ConvTranspose") and not any(args.has(a) for a in ("kernels", "kernel", "kernel_h", "kernel_w")):
+            kernel = None  # from the weight's shape
+    stride = _per_dim(args, "strides", "stride", "stride_h", "stride_w", nd, 1, where)
+    dilation = _per_dim(args, "dilations", "dilation", "dilation_h", "dilation_w", nd, 1, where)
+    if args.has("pads"):
+        pads = args.ints("pads")
+        if len(pads) != 2 * nd:
+            raise ShapeError(f"{where}: 'pads' has {len(pads)} values for {nd} spatial dims (needs {2 * nd})")
+        begin, end = pads[:nd], pads[nd:]
+    elif args.has("pad"):
+        begin = [args.int("pad")] * nd
+        end = list(begin)
+    elif any(args.has(a) for a in ("pad_t", "pad_l", "pad_b", "pad_r")):
+        missing = [a for a in ("pad_t", "pad_l", "pad_b", "pad_r") if not args.has(a)]
+        if missing or nd != 2:
+            raise ShapeError(f"{where}: pad_t/pad_l/pad_b/pad_r must all be given, for 2 spatial dims")
+        begin = [args.int("pad_t"), args.int("pad_l")]
+        end = [args.int("pad_b"), args.int("pad_r")]
+    else:
+        begin, end = [0] * nd, [0] * nd
+    if global_pool:
+        stride, dilation, begin, end = [1] * nd, [1] * nd, [0] * nd, [0] * nd
+    adj = _per_dim(args, "adjs", "adj", "adj_h", "adj_w", nd, 0, where) if t == "ConvTranspose" else [0] * nd
+    legacy = args.int("legacy_pad", NOTSET)
+    if legacy not in LEGACY_PAD_NAMES:
+        raise ShapeError(f"{where}: unknown legacy_pad {legacy}")
+    group = args.int("group", 1)
+    if any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
+        raise ShapeError(f"{where}: strides and dilations must be positive (strides {stride}, dilations {dilation})")
+    if any(p < 0 for p in begin + end):
+        raise ShapeError(f"{where}: negative padding {begin + end}")
+    return dict(
+        nd=nd, kernel=kernel, stride=stride, dilation=dilation, begin=begin, end=end, adj=adj,
+        legacy=legacy, group=group, global_pool=global_pool,
+    )  # fmt: skip
+
+
+def compute_size_and_pad(in_size, stride, kernel, dilation, legacy, pad_head, pad_tail, where=""):
+    """Caffe2's ComputeSizeAndPad for one spatial dim: returns (out_size, pad_head, pad_tail)."""
+    dk = dilation * (kernel - 1) + 1
+    if legacy == NOTSET:
+        if in_size + pad_head + pad_tail < dk:
+            raise ShapeError(f"{where}: window {dk} larger than the padded input {in_size + pad_head + pad_tail}")
+        return (in_size + pad_head + pad_tail - dk) // stride + 1, pad_head, pad_tail
+    if legacy == VALID:
+        if in_size < dk:
+            raise ShapeError(f"{where}: window {dk} larger than the input {in_size} (legacy_pad VALID)")
+        return (in_size - dk) // stride + 1, 0, 0
+    if legacy == SAME:
+        if dilation != 1:
+            raise ShapeError(f"{where}: legacy_pad SAME does not allow dilation")
+        target = (in_size + stride - 1) // stride
+        needed = (target - 1) * stride + kernel - in_size
+        if needed < 0:
+            raise ShapeError(f"{where}: legacy_pad SAME with kernel {kernel} < stride {stride} is not supported")
+        head = needed // 2  # Caffe2 puts the odd pixel at the end
+        return (in_size + needed - dk) // stride + 1, head, needed - head
+    # CAFFE_LEGACY_POOLING: Caffe's ceil sizing, expressed as a larger tail pad
+    if dilation != 1:
+        raise ShapeError(f"{where}: legacy_pad CAFFE_LEGACY_POOLING does not allow dilation")
+    out = int(math.ceil(float(in_size + 2 * pad_head - kernel) / stride)) + 1
+    if pad_head > 0 and (out - 1) * stride >= in_size + pad_head:
+        out -= 1
+    standard = int(float(in_size + 2 * pad_head - kernel) / stride) + 1
+    if out < standard or out < 1:
+        raise ShapeError(f"{where}: legacy pooling gives output size {out} for input {in_size}")
+    return out, pad_head, pad_head + stride * (out - standard)
+
+
+def resolve_conv_pool(op, x_shape, w_shape=None, where=""):
+    """conv_pool_params plus the output spatial size and the effective pads, for known shapes."""
+    p = conv_pool_params(op, x_shape, where)
+    where = where or f"{op.type} op"
+    t = canonical(op.type)
+    if p["kernel"] is None:
+        if w_shape is None or len(w_shape) != len(x_shape):
+            raise ShapeError(f"{where}: no kernel argument and no weight of rank {len(x_shape)} to take it from")
+        p["kernel"] = list(w_shape[2:])
+    out, begin, end = [], [], []
+    for d in range(p["nd"]):
+        if t == "ConvTranspose":
+            o = (x_shape[2 + d] - 1) * p["stride"][d] + p["kernel"][d] + p["adj"][d] - p["begin"][d] - p["end"][d]
+            if o < 1:
+                raise ShapeError(f"{where}: output size {o} in spatial dim {d}")
+            out.append(o)
+            begin.append(p["begin"][d])
+            end.append(p["end"][d])
+            continue
+        o, b, e = compute_size_and_pad(
+            x_shape[2 + d], p["stride"][d], p["kernel"][d], p["dilation"][d], p["legacy"], p["begin"][d], p["end"][d], where
+        )
+        out.append(o)
+        begin.append(b)
+        end.append(e)
+    p.update(out=out, begin=begin, end=end)
+    return p
+
+
+# ----------------------------------------------------------------------------------------------
+# legacy broadcast
+
+
+def legacy_broadcast_axis(a_shape, b_shape, axis, where=""):
+    """Where B's dims sit inside A's under Caffe2's legacy broadcast (broadcast=1); checks the match."""
+    if len(b_shape) > len(a_shape):
+        raise ShapeError(f"{where}: broadcast operand of rank {len(b_shape)} is larger than rank {len(a_shape)}")
+    if axis is None or axis == -1:
+        axis = len(a_shape) - len(b_shape)
+    if not 0 <= axis <= len(a_shape) - len(b_shape):
+        raise ShapeError(f"{where}: broadcast axis {axis} out of range for shapes {list(a_shape)} and {list(b_shape)}")
+    start, stop = 0, len(b_shape) - 1
+    while start < len(b_shape) and b_shape[start] == 1:
+        start += 1
+    while stop >= start and b_shape[stop] == 1:
+        stop -= 1
+    for i in range(start, stop + 1):
+        if a_shape[axis + i] != b_shape[i]:
+            raise ShapeError(
+                f"{where}: broadcast dimension mismatch: B {list(b_shape)} does not fit A {list(a_shape)} at axis {axis}"
+            )
+    return axis
+
+
+def numpy_broadcast(shapes, where=""):
+    try:
+        return tuple(int(d) for d in np.broadcast_shapes(*[tuple(s) for s in shapes]))
+    except ValueError:
+        raise ShapeError(f"{where}: shapes {[list(s) for s in shapes]} do not broadcast") from None
+
+
+# ----------------------------------------------------------------------------------------------
+# per-op output shapes
+
+
+def _need(ins, k, where):
+    if k >= len(ins) or ins[k] is None:
+        raise ShapeError(f"{where}: input {k} has no known shape")
+    return ins[k]
+
+
+def flatten2d(shape, axis):
+    return (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
+
+
+def canonical_axis(axis, rank, where):
+    a = axis + rank if axis < 0 else axis
+    if not 0 <= a < max(rank, 1):
+        raise ShapeError(f"{where}: axis {axis} out of range for rank {rank}")
+    return a
+
+
+def concat_axis(args: Args, where):
+    if args.has("axis"):
+        if args.has("order"):
+            raise ShapeError(f"{where}: both 'axis' and 'order' given (Caffe2 rejects this)")
+        return args.int("axis")
+    order = args.str("order", "NCHW")
+    return 1 if order == "NCHW" else 3
+
+
+def reshape_target(in_shape, new_shape, where):
+    """Caffe2 Reshape's output shape: 0 copies the input dim at that index, -1 is inferred."""
+    out = []
+    for i, d in enumerate(new_shape):
+        if d == 0:
+            if i >= len(in_shape):
+                raise ShapeError(f"{where}: shape {new_shape} copies dim {i} that the input (rank {len(in_shape)}) lacks")
+            out.append(in_shape[i])
+        else:
+            out.append(d)
+    total = int(np.prod(in_shape, dtype=np.int64))
+    if out.count(-1) > 1 or any(d < -1 for d in out):
+        raise ShapeError(f"{where}: invalid shape {new_shape}")
+    if -1 in out:
+        known = int(np.prod([d for d in out if d != -1], dtype=np.int64))
+        if known == 0 or total % known:
+            raise ShapeError(f"{where}: cannot reshape {list(in_shape)} to {new_shape}")
+        out[out.index(-1)] = total // known
+    if int(np.prod(out, dtype=np.int64)) != total:
+        raise ShapeError(f"{where}: cannot reshape {list(in_shape)} ({total} elements) to {new_shape}")
+    return tuple(out)
+
+
+def infer(op, ins, where=""):
+    """Output Infos of one op from its input Infos (all known)."""
+    t = canonical(op.type)
+    args = Args(op)
+    where = where or f"{op.type} op"
+    x = _need(ins, 0, where)
+    f32 = np.dtype(np.float32)
+    if t in ("Conv", "ConvTranspose"):
+        w = _need(ins, 1, where)
+        p = resolve_conv_pool(op, x.shape, w.shape, where)
+        g = p["group"]
+        if len(w.shape) != len(x.shape):
+            raise ShapeError(f"{where}: weight rank {len(w.shape)} differs from input rank {len(x.shape)}")
+        c = x.shape[1]
+        if t == "Conv":
+            if c % g or w.shape[0] % g or w.shape[1] * g != c:
+                raise ShapeError(f"{where}: input has {c} channels, weight {list(w.shape)}, group {g}: inconsistent")
+            m = w.shape[0]
+        else:
+            if c % g or w.shape[0] != c:
+                raise ShapeError(f"{where}: input has {c} channels, weight {list(w.shape)}, group {g}: inconsistent")
+            m = w.shape[1] * g
+        if list(w.shape[2:]) != list(p["kernel"]):
+            raise ShapeError(f"{where}: weight {list(w.shape)} does not match kernel {p['kernel']}")
+        if len(ins) > 2 and ins[2] is not None and tuple(ins[2].shape) != (m,):
+            raise ShapeError(f"{where}: bias shape {list(ins[2].shape)}, expected [{m}]")
+        return [Info(x.dtype, (x.shape[0], m, *p["out"]))]
+    if t in ("MaxPool", "AveragePool"):
+        p = resolve_conv_pool(op, x.shape, None, where)
+        return [Info(x.dtype, (x.shape[0], x.shape[1], *p["out"]))]
+    if t == "FC":
+        w, b = _need(ins, 1, where), _need(ins, 2, where)
+        axis = canonical_axis(args.int("axis", 1), len(x.shape), where)
+        axis_w = canonical_axis(args.int("axis_w", 1), len(w.shape), where)
+        m, k = flatten2d(x.shape, axis)
+        n, kw = flatten2d(w.shape, axis_w)
+        if k != kw:
+            raise ShapeError(f"{where}: input {list(x.shape)} at axis {axis} has {k} features, weight {list(w.shape)} at axis_w {axis_w} has {kw}")
+        if int(np.prod(b.shape, dtype=np.int64)) != n:
+            raise ShapeError(f"{where}: bias {list(b.shape)} does not have {n} elements")
+        return [Info(x.dtype, (*x.shape[:axis], n))]
+    if t in ("Relu", "Sigmoid", "Tanh", "Copy"):
+        return [x]
+    if t == "LRN":
+        size = args.int("size", 0)
+        if size <= 0 or size % 2 == 0:
+            raise ShapeError(f"{where}: LRN size must be a positive odd number, got {size}")
+        if len(x.shape) != 4:
+            raise ShapeError(f"{where}: LRN needs a 4-D NCHW input, got rank {len(x.shape)}")
+        return [x] + [x] * (len(op.output) - 1)
+    if t == "Softmax":
+        canonical_axis(args.int("axis", 1), len(x.shape), where)
+        return [x]
+    if t == "Flatten":
+        axis = canonical_axis(args.int("axis", 1), len(x.shape) + 1, where)
+        return [Info(x.dtype, flatten2d(x.shape, axis))]
+    if t == "Reshape":
+        if not args.has("shape"):
+            raise ShapeError(f"{where}: Reshape without a 'shape' argument")
+        out = [Info(x.dtype, reshape_target(x.shape, args.ints("shape"), where))]
+        if len(op.output) > 1:
+            out.append(Info(np.dtype(np.int64), (len(x.shape),)))
+        return out
+    if t == "Concat":
+        axis = concat_axis(args, where)
+        add_axis = bool(args.int("add_axis", 0))
+        shapes = [_need(ins, k, where).shape for k in range(len(op.input))]
+        rank = len(shapes[0]) + (1 if add_axis else 0)
+        a = canonical_axis(axis, rank, where)
+        for s in shapes[1:]:
+            if len(s) != len(shapes[0]):
+                raise ShapeError(f"{where}: inputs of ranks {[len(s) for s in shapes]}")
+            for d in range(len(s)):
+                if (add_axis or d != a) and s[d] != shapes[0][d]:
+                    raise ShapeError(f"{where}: input shapes {[list(s) for s in shapes]} differ off the concat axis {a}")
+        if add_axis:
+            out_shape = (*shapes[0][:a], len(shapes), *shapes[0][a:])
+        else:
+            out_shape = (*shapes[0][:a], sum(s[a] for s in shapes), *shapes[0][a + 1 :])
+        out = [Info(x.dtype, out_shape)]
+        if len(op.output) > 1:
+            out.append(Info(np.dtype(np.int32), (len(shapes),)))
+        return out
+    if t == "SpatialBN":
+        c = x.shape[1]
+        for k in range(1, 5):
+            s = _need(ins, k, where).shape
+            if tuple(s) != (c,):
+                raise ShapeError(f"{where}: input {k} has shape {list(s)}, expected [{c}] (channels)")
+        return [x]
+    if t == "Sum":
+        for k in range(1, len(op.input)):
+            if tuple(_need(ins, k, where).shape) != tuple(x.shape):
+                raise ShapeError(f"{where}: Sum inputs have shapes {[list(i.shape) for i in ins]}; Caffe2 Sum needs equal shapes")
+        return [x]
+    if t in BINARY_OPS:
+        b = _need(ins, 1, where)
+        if args.int("broadcast", 0):
+            legacy_broadcast_axis(x.shape, b.shape, args.int("axis", -1), where)
+            return [x]
+        return [Info(x.dtype, numpy_broadcast([x.shape, b.shape], where))]
+    if t == "Dropout":
+        out = [x]
+        if len(op.output) > 1:
+            out.append(Info(np.dtype(bool), x.shape))
+        return out
+    if t == "DropoutGrad":
+        if len(ins) > 1 and ins[1] is not None and not args.int("is_test", 0):
+            if int(np.prod(ins[1].shape)) != int(np.prod(x.shape)):
+                raise ShapeError(f"{where}: mask has {int(np.prod(ins[1].shape))} elements, dY {int(np.prod(x.shape))}")
+        return [x]
+    raise ShapeError(f"{where}: no shape rule for op type {op.type}")

@@ -1,0 +1,271 @@
+"""Random init_nets of consistent shapes for a Caffe2 predict net, so any net runs without its weights.
+
+:func:`synthesize` walks the predict net with known input shapes and chooses every weight's shape
+from Caffe2's rules: a Conv weight is ``[M, C/group, *kernel]`` with ``C`` from the incoming blob and
+the output width ``M`` chosen (``width``, rounded up to a multiple of the group); an FC weight is
+``[N, K]`` with ``K`` the flattened feature count at ``axis`` (written with leading 1-dims when the op
+flattens the weight at ``axis_w`` > 1), ``N = fc_width``; SpatialBN parameters follow the channel
+count; broadcast operands follow the blob they broadcast onto.
+
+Widths that the net ties together (a residual ``Sum`` of two convs, a ``Sum`` of a conv and a
+concatenation, a grouped conv reading a conv's output) are made consistent by pinning: the shape
+walk restarts with the free width set to the value the tie needs, until nothing conflicts. Choices
+that cannot be reconciled raise :class:`ShapeError` naming the op.
+
+Values are He-scaled normals (so deep nets neither vanish nor overflow), and SpatialBN's running
+mean and variance are calibrated on a random input (``calibrate=True``): they are set to the batch
+statistics the layer sees, as a trained net's would be, which keeps ResNet-style nets' activations
+and logits of order one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import schema
+from . import shapes as S
+from .errors import Caffe2Error, MissingValueInfoError, ShapeError
+from .netdef import Args, make_given_fill
+
+_PRESERVING = frozenset(["Relu", "Sigmoid", "Tanh", "Copy", "Dropout", "LRN", "SpatialBN", "Sum", "DropoutGrad"] + list(S.BINARY_OPS))
+
+
+class _Pin(Exception):
+    def __init__(self, key, value):
+        self.key, self.value = key, value
+
+
+def _round_up(v, m):
+    return ((v + m - 1) // m) * m
+
+
+class _Walk:
+    """One shape walk over the net with the current pins; raises _Pin when a tie needs a new pin."""
+
+    def __init__(self, net, data, width, fc_width, pins):
+        self.net, self.width, self.fc_width, self.pins = net, width, fc_width, pins
+        self.infos = {b: S.Info(np.dtype(dt), tuple(sh)) for b, (dt, sh) in data.items()}
+        self.origin = {}  # blob -> (pin key, axis) of a width this walk chose
+        self.weights = {}  # blob -> (Info, kind, fan_in, op index)
+
+    def _free(self, blob, axis):
+        o = self.origin.get(blob)
+        return o if o is not None and o[1] == axis and o[0] not in self.pins else None
+
+    def _tie(self, where, blobs):
+        """All ``blobs`` must have the same shape (Sum, same-shape binary ops)."""
+        ref = self.infos[blobs[0]].shape
+        for b in blobs[1:]:
+            s = self.infos[b].shape
+            if len(s) != len(ref):
+                raise ShapeError(f"{where}: inputs of ranks {len(ref)} and {len(s)} cannot be made equal")
+            for d in range(len(s)):
+                if s[d] == ref[d]:
+                    continue
+                fb = self._free(b, d)
+                if fb:
+                    raise _Pin(fb[0], ref[d])
+                fa = self._free(blobs[0], d)
+                if fa:
+                    raise _Pin(fa[0], s[d])
+                raise ShapeError(f"{where}: shapes {list(ref)} and {list(s)} differ in dim {d} and neither width is free")
+
+    def _weight(self, op, k, slot, blob, shape, kind, fan_in=1):
+        if blob in self.weights:
+            prev = self.weights[blob][0].shape
+            if tuple(prev) != tuple(shape):
+                raise ShapeError(f"{op.type} op #{k}: weight {blob!r} is shared with shape {list(prev)}, here it needs {list(shape)}")
+            return
+        info = S.Info(np.dtype(np.float32), tuple(int(d) for d in shape))
+        self.weights[blob] = (info, kind, fan_in, k)
+        self.infos[blob] = info
+
+    def run(self):
+        for k, op in enumerate(self.net.op):
+            self.step(k, op)
+        return self
+
+    def step(self, k, op):
+        t = S.canonical(op.type)
+        args = Args(op)
+        where = f"{op.type} op #{k}" + (f" ({op.name})" if op.name else "")
+        label = S.unsupported_variant(op, args)
+        if label:
+            raise Caffe2Error(f"{where}: cannot synthesise weights for {label}")
+        missing = [(s, b) for s, b in enumerate(op.input) if b not in self.infos]
+        if missing and missing[0][0] == 0:
+            raise MissingValueInfoError(
+                f"{where} reads {missing[0][1]!r}, which no earlier op writes and no --input / value info gives"
+            )
+        x = self.infos[op.input[0]] if op.input else None
+        in_origin = self.origin.get(op.input[0]) if op.input else None
+        key = ("op", k)
+        if t in ("Conv", "ConvTranspose"):
+            p = S.conv_pool_params(op, x.shape, where)
+            if p["kernel"] is None:
+                raise ShapeError(f"{where}: no kernel argument, so the weight shape cannot be chosen")
+            g, c = p["group"], x.shape[1]
+            if c % g:
+                free = self._free(op.input[0], 1)
+                if free:
+                    raise _Pin(free[0], _round_up(c, g))
+                raise ShapeError(f"{where}: {c} input channels cannot be split into {g} groups")
+            m = self.pins.get(key, _round_up(self.width, g))
+            if m % g:
+                raise ShapeError(f"{where}: width {m} is not a multiple of group {g}")
+            kernel = list(p["kernel"])
+            if t == "Conv":
+                w_shape, fan_in = (m, c // g, *kernel), (c // g) * math.prod(kernel)
+            else:
+                w_shape, fan_in = (c, m // g, *kernel), (c // g) * math.prod(kernel)
+            for slot, b in missing:
+                if slot == 1:
+                    self._weight(op, k, 1, b, w_shape, "conv", fan_in)
+                elif slot == 2:
+                    self._weight(op, k, 2, b, (m,), "bias")
+        elif t == "FC":
+            axis = S.canonical_axis(args.int("axis", 1), len(x.shape), where)
+            kk = int(np.prod(x.shape[axis:], dtype=np.int64))
+            n = self.pins.get(key, self.fc_width)
+            axis_w = args.int("axis_w", 1)
+            if axis_w < 1:
+                raise ShapeError(f"{where}: axis_w {axis_w} is not supported when synthesising")
+            for slot, b in missing:
+                if slot == 1:
+                    self._weight(op, k, 1, b, (1,) * (axis_w - 1) + (n, kk), "fc", kk)
+                elif slot == 2:
+                    self._weight(op, k, 2, b, (n,), "bias")
+        elif t == "SpatialBN":
+            c = x.shape[1]
+            kinds = {1: "bn_scale", 2: "bn_bias", 3: "bn_mean", 4: "bn_var"}
+            for slot, b in missing:
+                self._weight(op, k, slot, b, (c,), kinds.get(slot, "bias"))
+        elif t in S.BINARY_OPS and missing:
+            if args.int("broadcast", 0):
+                axis = args.int("axis", -1)
+                shape = (x.shape[axis],) if axis != -1 else (x.shape[-1],) if x.shape else ()
+            else:
+                shape = x.shape
+            self._weight(op, k, 1, missing[0][1], shape, "scale" if t in ("Mul", "Div") else "offset")
+        elif t == "Sum" and missing:
+            for slot, b in missing:
+                self._weight(op, k, slot, b, x.shape, "offset")
+        elif missing:
+            raise MissingValueInfoError(
+                f"{where} reads {missing[0][1]!r}, which no earlier op writes and no --input / value info gives"
+            )
+        if t == "Sum":
+            self._tie(where, list(op.input))
+        elif t in S.BINARY_OPS and not args.int("broadcast", 0):
+            a, b = self.infos[op.input[0]], self.infos[op.input[1]]
+            if len(a.shape) == len(b.shape) and all(p == q or 1 in (p, q) for p, q in zip(a.shape, b.shape)):
+                pass
+            else:
+                self._tie(where, list(op.input[:2]))
+        elif t == "Concat":
+            self._concat_tie(op, args, where)
+        ins = [self.infos.get(b) for b in op.input]
+        outs = S.infer(op, ins, where)
+        for b, info in zip(op.output, outs):
+            self.infos[b] = info
+            self.origin.pop(b, None)
+        if t in ("Conv", "ConvTranspose"):
+            self.origin[op.output[0]] = (key, 1)
+        elif t == "FC":
+            self.origin[op.output[0]] = (key, len(outs[0].shape) - 1)
+        elif t in _PRESERVING or t in ("MaxPool", "AveragePool"):
+            o = in_origin
+            if o is not None and (t not in ("MaxPool", "AveragePool") or o[1] == 1):
+                self.origin[op.output[0]] = o
+
+    def _concat_tie(self, op, args, where):
+        axis = S.concat_axis(args, where)
+        add_axis = bool(args.int("add_axis", 0))
+        first = self.infos[op.input[0]].shape
+        a = axis + len(first) + (1 if add_axis else 0) if axis < 0 else axis
+        for b in op.input[1:]:
+            s = self.infos[b].shape
+            for d in range(min(len(s), len(first))):
+                if (add_axis or d != a) and s[d] != first[d]:
+                    fb = self._free(b, d) or self._free(op.input[0], d)
+                    if fb:
+                        raise _Pin(fb[0], first[d] if self._free(b, d) else s[d])
+
+
+def choose_shapes(net, data, *, width=16, fc_width=32, max_pins=256):
+    """The shape walk with pinning; returns the final _Walk (weights and all blob infos)."""
+    pins = {}
+    for _ in range(max_pins):
+        walk = _Walk(net, data, width, fc_width, pins)
+        try:
+            return walk.run()
+        except _Pin as pin:
+            if pin.key in pins:
+                raise ShapeError(f"cannot make widths consistent: {pin.key} needs both {pins[pin.key]} and {pin.value}") from None
+            pins[pin.key] = int(pin.value)
+    raise ShapeError(f"cannot make widths consistent after {max_pins} adjustments")  # pragma: no cover
+
+
+def _values(rng, info, kind, fan_in):
+    shape = info.shape
+    if kind in ("conv", "fc"):
+        std = math.sqrt(2.0 / max(fan_in, 1)) if kind == "conv" else math.sqrt(1.0 / max(fan_in, 1))
+        return rng.normal(0.0, std, shape)
+    if kind == "bias":
+        return rng.normal(0.0, 0.05, shape)
+    if kind == "bn_scale":
+        return rng.uniform(0.5, 1.5, shape)
+    if kind in ("bn_bias", "bn_mean", "offset"):
+        return rng.normal(0.0, 0.1, shape)
+    if kind == "bn_var":
+        return rng.uniform(0.5, 1.5, shape)
+    if kind == "scale":
+        return rng.uniform(0.5, 1.5, shape)
+    raise AssertionError(kind)  # pragma: no cover
+
+
+def synthesize(predict_net, data, *, seed=0, width=16, fc_width=32, calibrate=True, name=None):
+    """A random init_net for ``predict_net``.
+
+    ``data``: ``{input name: (numpy dtype, shape)}`` for the data inputs (value_info plus --input).
+    Returns ``(init_net, blobs)``: a NetDef of GivenTensorFill ops (in first-use order) and the
+    same values as ``{name: float32 array}``.
+    """
+    if width < 1 or fc_width < 1:
+        raise Caffe2Error("width and fc_width must be positive")
+    walk = choose_shapes(predict_net, data, width=width, fc_width=fc_width)
+    rng = np.random.default_rng(seed)
+    blobs = {}
+    for b, (info, kind, fan_in, _k) in walk.weights.items():
+        blobs[b] = _values(rng, info, kind, fan_in).astype(np.float32)
+    if calibrate and any(S.canonical(op.type) == "SpatialBN" for op in predict_net.op):
+        _calibrate(predict_net, data, blobs, walk.weights, rng)
+    init = schema.NetDef(name=name or f"{predict_net.name or 'net'}_init")
+    for b, arr in blobs.items():
+        init.op.append(make_given_fill(b, arr))
+    init.external_output.extend(blobs)
+    return init, blobs
+
+
+def _calibrate(net, data, blobs, weights, rng):
+    """Set each SpatialBN's mean and variance (when synthesised) to the statistics of its input on a
+    random data batch, layer by layer, as a trained net's running statistics would be."""
+    from .executor import Executor
+
+    inputs = {b: rng.standard_normal(sh).astype(dt) for b, (dt, sh) in data.items()}
+
+    def hook(k, op, ws):
+        if S.canonical(op.type) != "SpatialBN":
+            return
+        x = np.asarray(ws[op.input[0]], dtype=np.float64)
+        axes = (0,) + tuple(range(2, x.ndim))
+        if op.input[3] in weights and weights[op.input[3]][1] == "bn_mean":
+            blobs[op.input[3]][...] = x.mean(axis=axes)
+            ws[op.input[3]] = blobs[op.input[3]]
+        if op.input[4] in weights and weights[op.input[4]][1] == "bn_var":
+            blobs[op.input[4]][...] = x.var(axis=axes) + 1e-3
+            ws[op.input[4]] = blobs[op.input[4]]
+
+    Executor(net, dict(blobs)).run(inputs, before_op=hook)
