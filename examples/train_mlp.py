@@ -8,7 +8,8 @@ of every parameter; ONNX Runtime runs it each step (the Dropout node draws a fre
 seeded Philox stream) and numpy applies plain SGD. Afterwards the trained weights are used for
 MC-dropout inference: the same forward with Dropout left in training mode, run many times, gives a
 predictive mean and variance. ``--backend reference`` runs every graph with onnx.reference and
-``caffe2_ort.reference_ops`` instead of ONNX Runtime (same numbers, bit for bit, for the same seed).
+``caffe2_ort.reference_ops`` instead of ONNX Runtime: the same dropout masks bit for bit for the same
+seed; the float32 Gemm/Softmax arithmetic rounds slightly differently in numpy and MLAS.
 """
 
 from __future__ import annotations
