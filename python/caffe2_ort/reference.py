@@ -129,8 +129,10 @@ def apply_mask(x: np.ndarray, keep: np.ndarray, ratio: float) -> np.ndarray:
     _check_dtype(x.dtype)
     ct = _compute_dtype(x.dtype)
     scale = ct.type(drop_scale(ratio))
-    y = (x.astype(ct) * scale) * keep.astype(ct)
-    return y.astype(x.dtype)
+    # inf * 0 = NaN and overflow to inf are part of Caffe2's arithmetic, not accidents to warn about
+    with np.errstate(invalid="ignore", over="ignore"):
+        y = (x.astype(ct) * scale) * keep.astype(ct)
+        return y.astype(x.dtype)
 
 
 def dropout(x, ratio=0.5, is_test=0, seed=0, base=0):
@@ -158,8 +160,9 @@ def dropout_grad(dy, mask=None, ratio=0.5, is_test=0):
         )
     ct = _compute_dtype(dy.dtype)
     scale = ct.type(drop_scale(ratio))
-    dx = (dy.astype(ct) * mask.reshape(dy.shape).astype(ct)) * scale
-    return dx.astype(dy.dtype)
+    with np.errstate(invalid="ignore", over="ignore"):
+        dx = (dy.astype(ct) * (mask.reshape(dy.shape) != 0).astype(ct)) * scale
+        return dx.astype(dy.dtype)
 
 
 class DropoutStream:

@@ -1,0 +1,51 @@
+"""The ``caffe2-ort`` command line: convert, synth-init, run, check, bench."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _check(args) -> int:
+    from .check import run_checks
+
+    return 1 if run_checks() else 0
+
+
+def _bench(args) -> int:
+    from .bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="caffe2-ort",
+        description="Legacy Caffe2 Dropout/DropoutGrad as ONNX Runtime custom ops, and a Caffe2 net converter.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    try:
+        from .caffe2.cli import add_commands
+    except ImportError:  # the converter package is optional at import time
+        add_commands = None
+    if add_commands is not None:
+        add_commands(sub)
+
+    check = sub.add_parser("check", help="load the plugin in ONNX Runtime, run both ops, report versions and failures")
+    check.set_defaults(func=_check)
+
+    from .bench import add_arguments
+
+    bench = sub.add_parser("bench", help="benchmark Dropout against a plain copy, ORT's Dropout and PyTorch")
+    add_arguments(bench)
+    bench.set_defaults(func=_bench)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
