@@ -265,7 +265,7 @@ def convert(
         g.nodes,
         graph_name,
         [helper.make_tensor_value_info(b, NUMPY_TO_ONNX[dt], list(sh)) for b, (dt, sh) in inputs.items()],
-        [helper.make_tensor_value_info(n, NUMPY_TO_ONNX[g.infos[n].dtype], list(g.infos[n].shape)) for n in outputs],
+        [_value_info(n, g.infos[n]) for n in outputs],
         initializer=g.initializers,
     )
     opsets = [helper.make_opsetid("", opset)]
@@ -276,6 +276,11 @@ def convert(
     if check:
         check_model(model)
     return Conversion(model, final, op_outputs, dict(inputs), outputs, notes)
+
+
+def _value_info(name, info):
+    shape = None if info.shape is None else list(info.shape)
+    return helper.make_tensor_value_info(name, NUMPY_TO_ONNX[info.dtype], shape)
 
 
 def _version():

@@ -396,10 +396,11 @@ def infer(op, ins, where=""):
     if t == "Dropout":
         out = [x]
         if len(op.output) > 1:
-            out.append(Info(np.dtype(bool), x.shape))
+            # under engine CUDNN the mask is cuDNN's reserve space on CUDA: rank 1, length unknown
+            out.append(Info(np.dtype(bool), (None,) if op.engine == "CUDNN" else x.shape))
         return out
     if t == "DropoutGrad":
-        if len(ins) > 1 and ins[1] is not None and not args.int("is_test", 0):
+        if len(ins) > 1 and ins[1] is not None and None not in ins[1].shape and not args.int("is_test", 0):
             if int(np.prod(ins[1].shape)) != int(np.prod(x.shape)):
                 raise ShapeError(f"{where}: mask has {int(np.prod(ins[1].shape))} elements, dY {int(np.prod(x.shape))}")
         return [x]

@@ -1,0 +1,90 @@
+"""Helpers shared by the Caffe2 converter tests: the ../shared model-zoo nets, small NetDef
+builders, and running converted models in ONNX Runtime with the ai.caffe2 plugin."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from caffe2_ort.caffe2 import netdef, schema
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MODELS = REPO / "models"
+ZOO_NETS = ("bvlc_alexnet", "inception_v1", "resnet50")
+
+
+def shared_file(*parts) -> Path:
+    """A path under ../shared (beside the repository): fails when CI=true and it is missing, else skips."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        msg = f"shared data expected at {p} (the 'shared' folder beside the repository)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return p
+
+
+def zoo_net(name):
+    """(predict NetDef, value_info) of a model-zoo net in ../shared/caffe2_models."""
+    net = netdef.read_netdef(shared_file("caffe2_models", name, "predict_net.pbtxt"))
+    vi = netdef.read_value_info(shared_file("caffe2_models", name, "value_info.json"))
+    return net, vi
+
+
+def make_net(name="test_net", ops=(), inputs=(), outputs=()):
+    """A NetDef from (type, inputs, outputs, {arg: value}) tuples."""
+    net = schema.NetDef(name=name, external_input=list(inputs), external_output=list(outputs))
+    for spec in ops:
+        type_, ins, outs = spec[:3]
+        args = spec[3] if len(spec) > 3 else {}
+        op = net.op.add(type=type_, input=ins, output=outs)
+        for key, value in args.items():
+            a = op.arg.add(name=key)
+            if isinstance(value, float):
+                a.f = value
+            elif isinstance(value, int):
+                a.i = value
+            elif isinstance(value, str):
+                a.s = value.encode()
+            elif all(isinstance(v, int) for v in value):
+                a.ints.extend(value)
+            else:
+                a.floats.extend(value)
+    return net
+
+
+def init_net_of(blobs):
+    init = schema.NetDef(name="init")
+    for k, v in blobs.items():
+        init.op.append(netdef.make_given_fill(k, np.asarray(v)))
+    return init
+
+
+def session(model):
+    """An ORT CPU session of an ONNX model (ModelProto or path) with the ai.caffe2 ops registered."""
+    import onnxruntime as ort
+
+    import caffe2_ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    caffe2_ort.register(so)
+    data = model if isinstance(model, (str, Path)) else model.SerializeToString()
+    return ort.InferenceSession(str(data) if isinstance(data, Path) else data, so, providers=["CPUExecutionProvider"])
+
+
+def run_ort(model, feeds):
+    sess = session(model)
+    names = [o.name for o in sess.get_outputs()]
+    return dict(zip(names, sess.run(names, feeds)))
+
+
+def max_rel_error(got, ref):
+    """Largest |got - ref| divided by the largest |ref| (1 when ref is all zeros)."""
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-30)
+    return float(np.max(np.abs(got - ref))) / scale if ref.size else 0.0
