@@ -10,17 +10,38 @@
 namespace caffe2_ort {
 namespace {
 
+// kSpread[b] holds the 8 bits of b as 8 bytes of 0/1 (little endian), for expanding keep bits.
+struct SpreadTable {
+  uint64_t v[256];
+  constexpr SpreadTable() : v() {
+    for (int b = 0; b < 256; ++b) {
+      uint64_t bytes = 0;
+      for (int j = 0; j < 8; ++j) bytes |= static_cast<uint64_t>((b >> j) & 1) << (8 * j);
+      v[b] = bytes;
+    }
+  }
+};
+constexpr SpreadTable kSpread;
+
 template <Elem E>
 void ApplyKeepBitsPortable(const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y, bool* mask,
                            size_t n, const uint64_t* bits, float scale) {
   using Tr = ElemTraits<E>;
   using C = typename Tr::Compute;
   const C s = static_cast<C>(scale);
-  for (size_t i = 0; i < n; ++i) {
-    const bool keep = (bits[i / 64] >> (i % 64)) & 1u;
-    // Multiplying by 0 rather than writing 0 keeps Caffe2's signed zeros and NaN propagation.
-    y[i] = Tr::Store((Tr::Load(x[i]) * s) * static_cast<C>(keep));
-    if (mask != nullptr) mask[i] = keep;
+  uint8_t keep[64];
+  for (size_t start = 0; start < n; start += 64) {
+    const size_t len = n - start < 64 ? n - start : 64;
+    // Bits -> bytes with a table, so the arithmetic loop below is branch-free and vectorises.
+    for (int k = 0; k < 8; ++k) {
+      const uint64_t bytes = kSpread.v[(bits[start / 64] >> (8 * k)) & 0xFF];
+      std::memcpy(keep + 8 * k, &bytes, 8);
+    }
+    for (size_t i = 0; i < len; ++i) {
+      // Multiplying by 0 rather than writing 0 keeps Caffe2's signed zeros and NaN propagation.
+      y[start + i] = Tr::Store((Tr::Load(x[start + i]) * s) * static_cast<C>(keep[i]));
+    }
+    if (mask != nullptr) std::memcpy(mask + start, keep, len);  // bool is one byte holding 0 or 1
   }
 }
 

@@ -112,58 +112,48 @@ __attribute__((target("avx2"))) void KeepBitsAvx2(PhiloxKey key, uint64_t first_
   }
 }
 
-// ---------------------------------------------------------------- AVX-512: 16 blocks per vector
-struct Philox16 {
+// ---------------------------------------------------------------- AVX-512
+// Each 64-bit lane carries one block's 32-bit state word in its low half. _mm512_mul_epu32 then
+// yields the full 32x32->64 product with no shuffling: the low half is lo, a shift gives hi. Upper
+// halves collect garbage from the xors, which the multiplier and the final pack ignore.
+struct Philox8Blocks {
   __m512i w0, w1, w2, w3;
 };
 
-C2ORT_AVX512 void MulHiLo16(__m512i a, __m512i m, __m512i* hi, __m512i* lo) {
-  const __m512i even = _mm512_mul_epu32(a, m);
-  const __m512i odd = _mm512_mul_epu32(_mm512_srli_epi64(a, 32), m);
-  *hi = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(even, 32), odd);
-  *lo = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-}
-
-C2ORT_AVX512 Philox16 Philox16Rounds(__m512i c0, __m512i c1, PhiloxKey key) {
-  const __m512i m0 = _mm512_set1_epi32(static_cast<int>(kPhiloxM0));
-  const __m512i m1 = _mm512_set1_epi32(static_cast<int>(kPhiloxM1));
-  __m512i c2 = _mm512_setzero_si512(), c3 = _mm512_setzero_si512();
+C2ORT_AVX512 Philox8Blocks Philox8BlockRounds(uint64_t first_block, PhiloxKey key) {
+  const __m512i m0 = _mm512_set1_epi64(kPhiloxM0);
+  const __m512i m1 = _mm512_set1_epi64(kPhiloxM1);
+  const __m512i blocks = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first_block)),
+                                          _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+  // Round 1 with counter (lo, hi, 0, 0): the second product is zero.
+  __m512i p0 = _mm512_mul_epu32(blocks, m0);
+  __m512i c0 = _mm512_xor_si512(_mm512_srli_epi64(blocks, 32), _mm512_set1_epi64(key.k0));
+  __m512i c1 = _mm512_setzero_si512();
+  __m512i c2 = _mm512_xor_si512(_mm512_srli_epi64(p0, 32), _mm512_set1_epi64(key.k1));
+  __m512i c3 = p0;
   uint32_t k0 = key.k0, k1 = key.k1;
-  for (int round = 0; round < kPhiloxRounds; ++round) {
-    if (round > 0) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
-    }
-    __m512i hi0, lo0, hi1, lo1;
-    MulHiLo16(c0, m0, &hi0, &lo0);
-    MulHiLo16(c2, m1, &hi1, &lo1);
+  for (int round = 1; round < kPhiloxRounds; ++round) {
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+    p0 = _mm512_mul_epu32(c0, m0);
+    const __m512i p1 = _mm512_mul_epu32(c2, m1);
     // 0x96: three-way xor
-    const __m512i n0 = _mm512_ternarylogic_epi32(hi1, c1, _mm512_set1_epi32(static_cast<int>(k0)), 0x96);
-    const __m512i n2 = _mm512_ternarylogic_epi32(hi0, c3, _mm512_set1_epi32(static_cast<int>(k1)), 0x96);
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
+    c0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), c1, _mm512_set1_epi64(k0), 0x96);
+    c2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), c3, _mm512_set1_epi64(k1), 0x96);
+    c1 = p1;
+    c3 = p0;
   }
-  return Philox16{c0, c1, c2, c3};
+  return Philox8Blocks{c0, c1, c2, c3};
 }
 
-C2ORT_AVX512 void Counters16(uint64_t first, __m512i* lo, __m512i* hi) {
-  const __m512i base_lo = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first)));
-  const __m512i lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  *lo = _mm512_add_epi32(base_lo, lanes);
-  const __mmask16 carry = _mm512_cmplt_epu32_mask(*lo, base_lo);
-  const __m512i base_hi = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(first >> 32)));
-  *hi = _mm512_mask_add_epi32(base_hi, carry, base_hi, _mm512_set1_epi32(1));
-}
-
-// 64 keep bits from 16 blocks: word k of block j is element 4 j + k, so the four 16-bit compare
-// masks interleave bit by bit.
-C2ORT_AVX512 uint64_t Keep64(const Philox16& r, __m512i t) {
-  const uint64_t k0 = _mm512_cmpge_epu32_mask(r.w0, t);
-  const uint64_t k1 = _mm512_cmpge_epu32_mask(r.w1, t);
-  const uint64_t k2 = _mm512_cmpge_epu32_mask(r.w2, t);
-  const uint64_t k3 = _mm512_cmpge_epu32_mask(r.w3, t);
+// 64 keep bits from 16 blocks (two vectors of 8): word k of block j is element 4 j + k, so the
+// four 16-bit compare masks interleave bit by bit.
+C2ORT_AVX512 uint64_t Keep64(const Philox8Blocks& a, const Philox8Blocks& b, __m512i t) {
+  const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  const uint64_t k0 = _mm512_cmpge_epu32_mask(_mm512_permutex2var_epi32(a.w0, low_halves, b.w0), t);
+  const uint64_t k1 = _mm512_cmpge_epu32_mask(_mm512_permutex2var_epi32(a.w1, low_halves, b.w1), t);
+  const uint64_t k2 = _mm512_cmpge_epu32_mask(_mm512_permutex2var_epi32(a.w2, low_halves, b.w2), t);
+  const uint64_t k3 = _mm512_cmpge_epu32_mask(_mm512_permutex2var_epi32(a.w3, low_halves, b.w3), t);
   return _pdep_u64(k0, 0x1111111111111111ull) | _pdep_u64(k1, 0x2222222222222222ull) |
          _pdep_u64(k2, 0x4444444444444444ull) | _pdep_u64(k3, 0x8888888888888888ull);
 }
@@ -172,21 +162,19 @@ __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2"))) void KeepBits
     PhiloxKey key, uint64_t first_block, size_t words, uint32_t threshold, uint64_t* bits) {
   const __m512i t = _mm512_set1_epi32(static_cast<int>(threshold));
   size_t w = 0;
-  // Two independent streams per iteration keep the multiplier ports busy.
+  // Four independent 8-block streams per iteration keep the multipliers busy.
   for (; w + 2 <= words; w += 2) {
     const uint64_t b = first_block + w * kBlocksPerWord;
-    __m512i lo_a, hi_a, lo_b, hi_b;
-    Counters16(b, &lo_a, &hi_a);
-    Counters16(b + kBlocksPerWord, &lo_b, &hi_b);
-    const Philox16 ra = Philox16Rounds(lo_a, hi_a, key);
-    const Philox16 rb = Philox16Rounds(lo_b, hi_b, key);
-    bits[w] = Keep64(ra, t);
-    bits[w + 1] = Keep64(rb, t);
+    const Philox8Blocks r0 = Philox8BlockRounds(b, key);
+    const Philox8Blocks r1 = Philox8BlockRounds(b + 8, key);
+    const Philox8Blocks r2 = Philox8BlockRounds(b + 16, key);
+    const Philox8Blocks r3 = Philox8BlockRounds(b + 24, key);
+    bits[w] = Keep64(r0, r1, t);
+    bits[w + 1] = Keep64(r2, r3, t);
   }
   if (w < words) {
-    __m512i lo, hi;
-    Counters16(first_block + w * kBlocksPerWord, &lo, &hi);
-    bits[w] = Keep64(Philox16Rounds(lo, hi, key), t);
+    const uint64_t b = first_block + w * kBlocksPerWord;
+    bits[w] = Keep64(Philox8BlockRounds(b, key), Philox8BlockRounds(b + 8, key), t);
   }
 }
 

@@ -14,6 +14,13 @@ from ._library import (
     register,
 )
 from . import reference
+from .schemas import try_register_schemas as _try_register_schemas
+
+# ONNX schemas for ai.caffe2 (onnx >= 1.16), so onnx.checker and shape inference accept our nodes;
+# with an older onnx this warns and ONNX Runtime itself is unaffected.
+_try_register_schemas()
+
+from . import graph  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -23,6 +30,7 @@ __all__ = [
     "LibraryNotFoundError",
     "available_providers",
     "get_library_path",
+    "graph",
     "register",
     "reference",
 ]

@@ -1,0 +1,168 @@
+#include "cuda/cudnn_dropout.h"
+
+#include <climits>
+#include <utility>
+
+#include "common/errors.h"
+
+namespace caffe2_ort {
+namespace cuda {
+namespace {
+
+// From ORT's include/onnxruntime/core/providers/cuda/cuda_resource.h, which ORT's header packages
+// (Debian's libonnxruntime-dev among them) do not ship: resources of the CUDA EP start at
+// cuda_resource_offset = 10000 (core/providers/resource.h) in the order cuda_stream_t, cudnn_handle_t,
+// cublas_handle_t, ...; these ids have not moved since resource version 1, and the CUDA EP accepts
+// any version up to its own, so asking with version 1 works on every release that has the call.
+constexpr int kOrtCudaResourceVersion = 1;
+constexpr int kOrtCudnnHandleResource = 10001;
+
+void CheckCudnn(cudnnStatus_t status, const std::string& where, const char* call) {
+  if (status != CUDNN_STATUS_SUCCESS) {
+    Fail(ORT_EP_FAIL, where, ": ", call, " failed: ", cudnnGetErrorString(status));
+  }
+}
+
+void CheckCuda(cudaError_t err, const std::string& where, const char* call) {
+  if (err != cudaSuccess) Fail(ORT_EP_FAIL, where, ": ", call, " failed: ", cudaGetErrorString(err));
+}
+
+// The whole tensor as one (n, 1, 1, 1) NCHW tensor, as Caffe2 described it to cuDNN.
+class TensorDesc {
+ public:
+  TensorDesc(const std::string& where, Elem elem, uint64_t n) {
+    if (n > static_cast<uint64_t>(INT_MAX)) {
+      Fail(ORT_INVALID_ARGUMENT, where, ": engine 'CUDNN' handles at most ", INT_MAX, " elements (cuDNN's ",
+           "dimensions are 32-bit); this tensor has ", n, ". Use engine '' for larger tensors.");
+    }
+    CheckCudnn(cudnnCreateTensorDescriptor(&desc_), where, "cudnnCreateTensorDescriptor");
+    const cudnnStatus_t status =
+        cudnnSetTensor4dDescriptor(desc_, CUDNN_TENSOR_NCHW, CudnnType(elem), static_cast<int>(n), 1, 1, 1);
+    if (status != CUDNN_STATUS_SUCCESS) {
+      cudnnDestroyTensorDescriptor(desc_);
+      CheckCudnn(status, where, "cudnnSetTensor4dDescriptor");
+    }
+  }
+  ~TensorDesc() { cudnnDestroyTensorDescriptor(desc_); }
+  TensorDesc(const TensorDesc&) = delete;
+  TensorDesc& operator=(const TensorDesc&) = delete;
+  cudnnTensorDescriptor_t get() const { return desc_; }
+
+ private:
+  cudnnTensorDescriptor_t desc_ = nullptr;
+};
+
+}  // namespace
+
+bool CudnnSupports(Elem elem) { return elem != Elem::kBFloat16; }
+
+cudnnDataType_t CudnnType(Elem elem) {
+  switch (elem) {
+    case Elem::kFloat:
+      return CUDNN_DATA_FLOAT;
+    case Elem::kDouble:
+      return CUDNN_DATA_DOUBLE;
+    case Elem::kHalf:
+      return CUDNN_DATA_HALF;
+    case Elem::kBFloat16:
+      return CUDNN_DATA_BFLOAT16;
+  }
+  return CUDNN_DATA_FLOAT;
+}
+
+CudnnDropout::CudnnDropout(std::string where, Elem elem, float ratio, uint64_t seed)
+    : where_(std::move(where)), elem_(elem), ratio_(ratio), seed_(seed) {
+  CheckCudnn(cudnnCreateDropoutDescriptor(&desc_), where_, "cudnnCreateDropoutDescriptor");
+}
+
+CudnnDropout::~CudnnDropout() {
+  if (desc_ != nullptr) cudnnDestroyDropoutDescriptor(desc_);
+  // Blocks until work using the states has finished; runs when the session is released.
+  if (states_ != nullptr) cudaFree(states_);
+}
+
+size_t CudnnDropout::ReserveBytes(const std::string& where, Elem elem, uint64_t n) {
+  TensorDesc x(where, elem, n);
+  size_t bytes = 0;
+  CheckCudnn(cudnnDropoutGetReserveSpaceSize(x.get(), &bytes), where, "cudnnDropoutGetReserveSpaceSize");
+  return bytes;
+}
+
+void CudnnDropout::EnsureForwardStates(cudnnHandle_t handle) {
+  if (configured_) return;
+  cudaStream_t stream = nullptr;
+  CheckCudnn(cudnnGetStream(handle, &stream), where_, "cudnnGetStream");
+  CheckCudnn(cudnnDropoutGetStatesSize(handle, &states_bytes_), where_, "cudnnDropoutGetStatesSize");
+  // Stream-ordered allocation: no device-wide synchronisation inside Compute. Drivers without
+  // memory pools fall back to cudaMalloc (once per kernel).
+  if (cudaMallocAsync(&states_, states_bytes_, stream) != cudaSuccess) {
+    (void)cudaGetLastError();
+    states_ = nullptr;
+    CheckCuda(cudaMalloc(&states_, states_bytes_), where_, "cudaMalloc (cuDNN dropout states)");
+  }
+  // Initialises the states with a kernel on the handle's stream, ahead of the forward that follows.
+  CheckCudnn(cudnnSetDropoutDescriptor(desc_, handle, ratio_, states_, states_bytes_,
+                                       static_cast<unsigned long long>(seed_)),
+             where_, "cudnnSetDropoutDescriptor");
+  configured_ = true;
+}
+
+void CudnnDropout::EnsureBackwardDescriptor(cudnnHandle_t handle) {
+  if (configured_) return;
+  // No states: cuDNN then only records the ratio, which is all the backward pass reads.
+  CheckCudnn(cudnnSetDropoutDescriptor(desc_, handle, ratio_, nullptr, 0, static_cast<unsigned long long>(seed_)),
+             where_, "cudnnSetDropoutDescriptor");
+  configured_ = true;
+}
+
+void CudnnDropout::Forward(cudnnHandle_t handle, const void* x, void* y, void* reserve, size_t reserve_bytes,
+                           uint64_t n) {
+  if (n == 0) return;
+  TensorDesc desc(where_, elem_, n);
+  std::lock_guard<std::mutex> lock(mutex_);
+  EnsureForwardStates(handle);
+  CheckCudnn(cudnnDropoutForward(handle, desc_, desc.get(), x, desc.get(), y, reserve, reserve_bytes), where_,
+             "cudnnDropoutForward");
+}
+
+void CudnnDropout::Backward(cudnnHandle_t handle, const void* dy, const void* reserve, size_t reserve_bytes, void* dx,
+                            uint64_t n) {
+  if (n == 0) return;
+  TensorDesc desc(where_, elem_, n);
+  std::lock_guard<std::mutex> lock(mutex_);
+  EnsureBackwardDescriptor(handle);
+  // cuDNN takes the reserve space as non-const but only reads it in the backward pass.
+  CheckCudnn(cudnnDropoutBackward(handle, desc_, desc.get(), dy, desc.get(), dx, const_cast<void*>(reserve),
+                                  reserve_bytes),
+             where_, "cudnnDropoutBackward");
+}
+
+CudnnHandleSource::~CudnnHandleSource() {
+  if (own_ != nullptr) cudnnDestroy(own_);
+}
+
+cudnnHandle_t CudnnHandleSource::OrtHandle(OrtKernelContext* context, cudaStream_t stream) {
+  if (context == nullptr) return nullptr;
+  void* resource = nullptr;
+  OrtStatus* status =
+      Api().KernelContext_GetResource(context, kOrtCudaResourceVersion, kOrtCudnnHandleResource, &resource);
+  if (status != nullptr) {
+    Api().ReleaseStatus(status);
+    return nullptr;
+  }
+  cudnnHandle_t handle = static_cast<cudnnHandle_t>(resource);
+  if (handle == nullptr) return nullptr;
+  // Use ORT's handle only if it is bound to the stream this kernel runs on.
+  cudaStream_t bound = nullptr;
+  if (cudnnGetStream(handle, &bound) != CUDNN_STATUS_SUCCESS || bound != stream) return nullptr;
+  return handle;
+}
+
+cudnnHandle_t CudnnHandleSource::OwnHandle(cudaStream_t stream, const std::string& where) {
+  if (own_ == nullptr) CheckCudnn(cudnnCreate(&own_), where, "cudnnCreate");
+  CheckCudnn(cudnnSetStream(own_, stream), where, "cudnnSetStream");
+  return own_;
+}
+
+}  // namespace cuda
+}  // namespace caffe2_ort

@@ -1,0 +1,120 @@
+#include "cuda/dropout.h"
+
+#include <cuda_runtime_api.h>
+
+#include <vector>
+
+#include "common/errors.h"
+#include "cuda/cuda_check.h"
+#include "cuda/dropout_impl.cuh"
+
+namespace caffe2_ort {
+namespace cuda {
+
+template <Elem E>
+CudaDropout<E>::CudaDropout(const OrtKernelInfo* info)
+    : config_(ReadDropoutConfig(info, "Dropout", /*with_seed=*/true)), has_mask_(HasOutput(info, 1)) {
+  if (config_.engine == Engine::kCudnn) {
+    if (!CudnnSupports(E)) {
+      Fail(ORT_NOT_IMPLEMENTED, config_.Where(), ": engine 'CUDNN' does not support element type ",
+           ElemTraits<E>::kName, " (cuDNN's dropout has no such kernel); supported: float32, float64, float16. ",
+           "Use engine '' for ", ElemTraits<E>::kName, ".");
+    }
+    // ratio = 1 runs the default kernel (it drops everything, drawing nothing); cuDNN is not needed.
+    if (!config_.is_test && !config_.DropsAll()) {
+      cudnn_ = std::make_unique<CudnnDropout>(config_.Where(), E, config_.ratio, config_.seed);
+    }
+  }
+}
+
+template <Elem E>
+void CudaDropout<E>::Compute(OrtKernelContext* context) {
+  using Storage = typename ElemTraits<E>::Storage;
+  Ort::KernelContext ctx(context);
+  auto input = ctx.GetInput(0);
+  const auto type_shape = input.GetTensorTypeAndShapeInfo();
+  const std::vector<int64_t> shape = type_shape.GetShape();
+  const uint64_t n = type_shape.GetElementCount();
+  cudaStream_t stream = ComputeStream(context);
+
+  if (cudnn_ != nullptr) {
+    ComputeCudnn(context, stream);
+    return;
+  }
+
+  auto output = ctx.GetOutput(0, shape);
+  bool* mask = nullptr;
+  if (has_mask_) {
+    // Under engine CUDNN with ratio = 1 the mask is still a reserve-space-sized byte tensor.
+    if (config_.engine == Engine::kCudnn && !config_.is_test) {
+      const size_t bytes = n == 0 ? 0 : CudnnDropout::ReserveBytes(config_.Where(), E, n);
+      const int64_t mask_shape[1] = {static_cast<int64_t>(bytes)};
+      mask = ctx.GetOutput(1, mask_shape, 1).GetTensorMutableData<bool>();
+      if (bytes > 0) CheckCuda(cudaMemsetAsync(mask, 0, bytes, stream), config_, "cudaMemsetAsync (mask)");
+      mask = nullptr;  // the Philox kernel below must not write it
+    } else {
+      mask = ctx.GetOutput(1, shape).GetTensorMutableData<bool>();
+    }
+  }
+  if (n == 0) return;
+  const Storage* x = static_cast<const Storage*>(input.GetTensorRawData());
+  Storage* y = static_cast<Storage*>(output.GetTensorMutableRawData());
+
+  if (config_.is_test) {
+    // Exact copy (NaN payloads included), skipped when Y reuses X's buffer; a requested mask is all true.
+    if (x != y) CheckCuda(cudaMemcpyAsync(y, x, n * sizeof(Storage), cudaMemcpyDeviceToDevice, stream), config_,
+                          "cudaMemcpyAsync (Y = X)");
+    if (mask != nullptr) CheckCuda(cudaMemsetAsync(mask, 1, n, stream), config_, "cudaMemsetAsync (mask)");
+    return;
+  }
+
+  ForwardParams params;
+  params.n = n;
+  params.base = config_.DrawsRandom() ? counter_.Reserve(DropoutBlocksFor(n)) : 0;
+  params.key = config_.Key();
+  params.threshold = config_.threshold;
+  params.scale = config_.scale;
+  CheckCuda(LaunchDropoutForward<E>(x, y, mask, params, stream), config_, "Dropout kernel launch");
+}
+
+template <Elem E>
+void CudaDropout<E>::ComputeCudnn(OrtKernelContext* context, cudaStream_t stream) {
+  Ort::KernelContext ctx(context);
+  auto input = ctx.GetInput(0);
+  const auto type_shape = input.GetTensorTypeAndShapeInfo();
+  const std::vector<int64_t> shape = type_shape.GetShape();
+  const uint64_t n = type_shape.GetElementCount();
+  auto output = ctx.GetOutput(0, shape);
+  const size_t bytes = n == 0 ? 0 : cudnn_->ReserveBytes(n);
+  void* reserve = nullptr;
+  if (has_mask_) {
+    const int64_t mask_shape[1] = {static_cast<int64_t>(bytes)};
+    reserve = ctx.GetOutput(1, mask_shape, 1).GetTensorMutableData<bool>();
+  }
+  if (n == 0) return;
+  const void* x = input.GetTensorRawData();
+  void* y = output.GetTensorMutableRawData();
+
+  // Without a mask output cuDNN still needs reserve space: a stream-ordered scratch buffer.
+  void* scratch = nullptr;
+  if (reserve == nullptr) {
+    CheckCuda(cudaMallocAsync(&scratch, bytes, stream), config_, "cudaMallocAsync (cuDNN reserve space)");
+    reserve = scratch;
+  }
+  try {
+    handles_.With(context, stream, config_.Where(),
+                  [&](cudnnHandle_t handle) { cudnn_->Forward(handle, x, y, reserve, bytes, n); });
+  } catch (...) {
+    if (scratch != nullptr) (void)cudaFreeAsync(scratch, stream);
+    throw;
+  }
+  if (scratch != nullptr) CheckCuda(cudaFreeAsync(scratch, stream), config_, "cudaFreeAsync (cuDNN reserve space)");
+}
+
+template class CudaDropout<Elem::kFloat>;
+template class CudaDropout<Elem::kDouble>;
+template class CudaDropout<Elem::kHalf>;
+template class CudaDropout<Elem::kBFloat16>;
+
+}  // namespace cuda
+}  // namespace caffe2_ort

@@ -1,0 +1,37 @@
+// ai.caffe2 Dropout on the CUDA execution provider: the Philox kernels of dropout_impl.cu for
+// engine "" / "DEFAULT", cuDNN's dropout for engine "CUDNN".
+#pragma once
+
+#include <array>
+#include <memory>
+#include <utility>
+
+#include "common/dropout_config.h"
+#include "common/element_types.h"
+#include "common/ort_api.h"
+#include "cuda/cudnn_dropout.h"
+
+namespace caffe2_ort {
+namespace cuda {
+
+template <Elem E>
+class CudaDropout {
+ public:
+  // Y may reuse X's buffer: every thread reads its elements before writing them.
+  static constexpr std::array<std::pair<int, int>, 1> kMayInplace{{{0, 0}}};
+
+  explicit CudaDropout(const OrtKernelInfo* info);
+  void Compute(OrtKernelContext* context);
+
+ private:
+  void ComputeCudnn(OrtKernelContext* context, cudaStream_t stream);
+
+  DropoutConfig config_;
+  bool has_mask_;
+  PhiloxCounter counter_;
+  std::unique_ptr<CudnnDropout> cudnn_;  // engine CUDNN in training mode
+  CudnnHandleSource handles_;
+};
+
+}  // namespace cuda
+}  // namespace caffe2_ort

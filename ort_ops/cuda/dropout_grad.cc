@@ -1,0 +1,95 @@
+#include "cuda/dropout_grad.h"
+
+#include <cuda_runtime_api.h>
+
+#include <vector>
+
+#include "common/errors.h"
+#include "cuda/cuda_check.h"
+#include "cuda/dropout_impl.cuh"
+
+namespace caffe2_ort {
+namespace cuda {
+
+template <Elem E>
+CudaDropoutGrad<E>::CudaDropoutGrad(const OrtKernelInfo* info)
+    : config_(ReadDropoutConfig(info, "DropoutGrad", /*with_seed=*/false)), has_mask_(HasInput(info, 1)) {
+  if (!config_.is_test && !has_mask_) {
+    Fail(ORT_INVALID_ARGUMENT, config_.Where(),
+         ": training mode (is_test = 0) needs the mask input (input 1, the forward Dropout's mask)");
+  }
+  if (config_.engine == Engine::kCudnn) {
+    if (!CudnnSupports(E)) {
+      Fail(ORT_NOT_IMPLEMENTED, config_.Where(), ": engine 'CUDNN' does not support element type ",
+           ElemTraits<E>::kName, " (cuDNN's dropout has no such kernel); supported: float32, float64, float16. ",
+           "Use engine '' for ", ElemTraits<E>::kName, ".");
+    }
+    if (!config_.is_test && !config_.DropsAll()) {
+      cudnn_ = std::make_unique<CudnnDropout>(config_.Where(), E, config_.ratio, /*seed=*/0);
+    }
+  }
+}
+
+template <Elem E>
+void CudaDropoutGrad<E>::Compute(OrtKernelContext* context) {
+  using Storage = typename ElemTraits<E>::Storage;
+  Ort::KernelContext ctx(context);
+  auto grad_out = ctx.GetInput(0);
+  const auto type_shape = grad_out.GetTensorTypeAndShapeInfo();
+  const std::vector<int64_t> shape = type_shape.GetShape();
+  const uint64_t n = type_shape.GetElementCount();
+  cudaStream_t stream = ComputeStream(context);
+
+  const bool* mask = nullptr;
+  size_t mask_count = 0;
+  if (!config_.is_test) {
+    auto mask_value = ctx.GetInput(1);
+    mask_count = mask_value.GetTensorTypeAndShapeInfo().GetElementCount();
+    if (config_.engine == Engine::kCudnn) {
+      // The mask is the forward's cuDNN reserve space: its size follows from dY's element count.
+      const size_t expected = n == 0 ? 0 : CudnnDropout::ReserveBytes(config_.Where(), E, n);
+      if (mask_count != expected) {
+        Fail(ORT_INVALID_ARGUMENT, config_.Where(), ": engine 'CUDNN' expects the mask to be the forward's cuDNN ",
+             "reserve space of ", expected, " bytes for dY's ", n, " elements, but it has ", mask_count,
+             " elements (a mask from engine '' or from the CPU cannot be used here)");
+      }
+    } else if (mask_count != n) {
+      // Caffe2 compared element counts, not shapes.
+      Fail(ORT_INVALID_ARGUMENT, config_.Where(), ": mask has ", mask_count, " elements but dY has ", n,
+           "; they must be equal");
+    }
+    mask = mask_value.GetTensorData<bool>();
+  }
+
+  auto grad_in = ctx.GetOutput(0, shape);
+  if (n == 0) return;
+  const Storage* dy = static_cast<const Storage*>(grad_out.GetTensorRawData());
+  Storage* dx = static_cast<Storage*>(grad_in.GetTensorMutableRawData());
+
+  if (config_.is_test) {
+    if (dy != dx) CheckCuda(cudaMemcpyAsync(dx, dy, n * sizeof(Storage), cudaMemcpyDeviceToDevice, stream), config_,
+                            "cudaMemcpyAsync (dX = dY)");
+    return;
+  }
+  if (cudnn_ != nullptr) {
+    handles_.With(context, stream, config_.Where(),
+                  [&](cudnnHandle_t handle) { cudnn_->Backward(handle, dy, mask, mask_count, dx, n); });
+    return;
+  }
+  if (config_.engine == Engine::kCudnn) {
+    // ratio = 1 under CUDNN: the forward dropped everything; dX = (dY * 0) * 0.
+    CheckCuda(LaunchDropoutBackward<E>(dy, nullptr, /*keep_all=*/false, dx, n, config_.scale, stream), config_,
+              "DropoutGrad kernel launch");
+    return;
+  }
+  CheckCuda(LaunchDropoutBackward<E>(dy, mask, /*keep_all=*/true, dx, n, config_.scale, stream), config_,
+            "DropoutGrad kernel launch");
+}
+
+template class CudaDropoutGrad<Elem::kFloat>;
+template class CudaDropoutGrad<Elem::kDouble>;
+template class CudaDropoutGrad<Elem::kHalf>;
+template class CudaDropoutGrad<Elem::kBFloat16>;
+
+}  // namespace cuda
+}  // namespace caffe2_ort

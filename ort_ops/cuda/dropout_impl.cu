@@ -1,0 +1,358 @@
+// Default-engine CUDA kernels of ai.caffe2 Dropout / DropoutGrad.
+//
+// Work is split into "units": the elements one thread handles per grid-stride step, a whole number
+// of Philox blocks (4 elements each) spanning 16 bytes of data where the element type allows
+// (float32: 4 elements = 1 block; float16/bfloat16: 8 elements = 2 blocks; float64: 4 elements =
+// 1 block in two 16-byte accesses). Data moves in 16-byte accesses and the mask in one 4- or 8-byte
+// store per unit. Elements past the last whole unit (fewer than one unit) are done by one thread
+// with scalar accesses, as is everything when a pointer is not aligned for the vector accesses.
+//
+// Arithmetic: (x * scale) * m with explicitly rounded multiplies (__fmul_rn / __dmul_rn), so no
+// contraction can change the result; 16-bit types convert with round-to-nearest-even intrinsics and
+// no flushing of subnormals (the build does not use fast-math). Results equal the CPU kernels' bit
+// for bit except for NaN payloads: the GPU's multiplier returns its canonical NaN.
+#include "cuda/dropout_impl.cuh"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+
+namespace caffe2_ort {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+// Blocks per multiprocessor the grid is capped at; the grid-stride loop covers the rest.
+constexpr int kBlocksPerSm = 16;
+
+// Device-side view of an element type: compute type, conversions and the unit shape.
+template <Elem E>
+struct Dev;
+
+template <>
+struct Dev<Elem::kFloat> {
+  using S = float;
+  using C = float;
+  static constexpr int kUnit = 4;
+  __device__ __forceinline__ static C Load(S v) { return v; }
+  __device__ __forceinline__ static S Store(C v) { return v; }
+  __device__ __forceinline__ static C Mul(C a, C b) { return __fmul_rn(a, b); }
+};
+
+template <>
+struct Dev<Elem::kDouble> {
+  using S = double;
+  using C = double;
+  static constexpr int kUnit = 4;
+  __device__ __forceinline__ static C Load(S v) { return v; }
+  __device__ __forceinline__ static S Store(C v) { return v; }
+  __device__ __forceinline__ static C Mul(C a, C b) { return __dmul_rn(a, b); }
+};
+
+template <>
+struct Dev<Elem::kHalf> {
+  using S = uint16_t;
+  using C = float;
+  static constexpr int kUnit = 8;
+  __device__ __forceinline__ static C Load(S v) { return __half2float(__ushort_as_half(v)); }
+  __device__ __forceinline__ static S Store(C v) { return __half_as_ushort(__float2half_rn(v)); }
+  __device__ __forceinline__ static C Mul(C a, C b) { return __fmul_rn(a, b); }
+};
+
+template <>
+struct Dev<Elem::kBFloat16> {
+  using S = uint16_t;
+  using C = float;
+  static constexpr int kUnit = 8;
+  __device__ __forceinline__ static C Load(S v) { return __uint_as_float(static_cast<uint32_t>(v) << 16); }
+  __device__ __forceinline__ static S Store(C v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+  __device__ __forceinline__ static C Mul(C a, C b) { return __fmul_rn(a, b); }
+};
+
+// A unit of data as raw 16-byte words.
+template <Elem E>
+struct Unit {
+  using S = typename Dev<E>::S;
+  static constexpr int kN = Dev<E>::kUnit;
+  static constexpr int kWords = kN * sizeof(S) / 16;
+  S v[kN];
+
+  __device__ __forceinline__ void LoadFrom(const S* p) {
+    const uint4* src = reinterpret_cast<const uint4*>(p);
+    uint4 w[kWords];
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) w[k] = src[k];
+    static_assert(sizeof(w) == sizeof(v), "unit size");
+    memcpy(v, w, sizeof(v));  // register reinterpretation, no memory traffic
+  }
+  __device__ __forceinline__ void StoreTo(S* p) const {
+    uint4 w[kWords];
+    memcpy(w, v, sizeof(v));
+    uint4* dst = reinterpret_cast<uint4*>(p);
+#pragma unroll
+    for (int k = 0; k < kWords; ++k) dst[k] = w[k];
+  }
+};
+
+// The mask bytes of one unit (4 or 8) as one store or load.
+template <int kN>
+struct MaskWord;
+template <>
+struct MaskWord<4> {
+  __device__ __forceinline__ static void Store(bool* p, const bool (&keep)[4]) {
+    uint32_t w = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w |= static_cast<uint32_t>(keep[j]) << (8 * j);
+    *reinterpret_cast<uint32_t*>(p) = w;
+  }
+  __device__ __forceinline__ static void Load(const bool* p, bool (&keep)[4]) {
+    const uint32_t w = *reinterpret_cast<const uint32_t*>(p);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) keep[j] = ((w >> (8 * j)) & 0xFFu) != 0;
+  }
+};
+template <>
+struct MaskWord<8> {
+  __device__ __forceinline__ static void Store(bool* p, const bool (&keep)[8]) {
+    uint2 w{0u, 0u};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      w.x |= static_cast<uint32_t>(keep[j]) << (8 * j);
+      w.y |= static_cast<uint32_t>(keep[j + 4]) << (8 * j);
+    }
+    *reinterpret_cast<uint2*>(p) = w;
+  }
+  __device__ __forceinline__ static void Load(const bool* p, bool (&keep)[8]) {
+    const uint2 w = *reinterpret_cast<const uint2*>(p);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      keep[j] = ((w.x >> (8 * j)) & 0xFFu) != 0;
+      keep[j + 4] = ((w.y >> (8 * j)) & 0xFFu) != 0;
+    }
+  }
+};
+
+__device__ __forceinline__ bool Keep(uint32_t word, uint64_t threshold) {
+  return static_cast<uint64_t>(word) >= threshold;
+}
+
+// Word j of a block without a run-time array index (which would move the block to local memory).
+__device__ __forceinline__ uint32_t Word(const PhiloxBlock& r, uint64_t j) {
+  const uint32_t lo = (j & 1) ? r.w[1] : r.w[0];
+  const uint32_t hi = (j & 1) ? r.w[3] : r.w[2];
+  return (j & 2) ? hi : lo;
+}
+
+// Scalar forward over elements [begin, end), which start on a Philox block boundary or not.
+template <Elem E>
+__device__ __forceinline__ void ForwardScalar(const typename Dev<E>::S* x, typename Dev<E>::S* y, bool* mask,
+                                              uint64_t begin, uint64_t end, const ForwardParams& p, bool draws,
+                                              bool keep_all) {
+  using D = Dev<E>;
+  const typename D::C s = static_cast<typename D::C>(p.scale);
+  PhiloxBlock r{{0u, 0u, 0u, 0u}};
+  uint64_t have = ~uint64_t{0};
+  for (uint64_t i = begin; i < end; ++i) {
+    bool keep = keep_all;
+    if (draws) {
+      const uint64_t b = p.base + i / 4;
+      if (b != have) {
+        r = DropoutBlock(b, p.key);
+        have = b;
+      }
+      keep = Keep(Word(r, i % 4), p.threshold);
+    }
+    y[i] = D::Store(D::Mul(D::Mul(D::Load(x[i]), s), static_cast<typename D::C>(keep)));
+    if (mask != nullptr) mask[i] = keep;
+  }
+}
+
+template <Elem E, bool kWithMask>
+__global__ void __launch_bounds__(kThreads)
+    DropoutForwardVec(const typename Dev<E>::S* x, typename Dev<E>::S* y, bool* mask, ForwardParams p, bool draws,
+                      bool keep_all) {
+  using D = Dev<E>;
+  constexpr int kN = D::kUnit;
+  constexpr int kBlocks = kN / 4;
+  const typename D::C s = static_cast<typename D::C>(p.scale);
+  const uint64_t units = p.n / kN;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (uint64_t u = first; u < units; u += stride) {
+    Unit<E> in;
+    in.LoadFrom(x + u * kN);
+    bool keep[kN];
+    if (draws) {
+#pragma unroll
+      for (int b = 0; b < kBlocks; ++b) {
+        const PhiloxBlock r = DropoutBlock(p.base + u * kBlocks + b, p.key);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) keep[4 * b + j] = Keep(r.w[j], p.threshold);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < kN; ++j) keep[j] = keep_all;
+    }
+    Unit<E> out;
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      out.v[j] = D::Store(D::Mul(D::Mul(D::Load(in.v[j]), s), static_cast<typename D::C>(keep[j])));
+    }
+    out.StoreTo(y + u * kN);
+    if (kWithMask) MaskWord<kN>::Store(mask + u * kN, keep);
+  }
+  if (first == 0 && units * kN < p.n) ForwardScalar<E>(x, y, mask, units * kN, p.n, p, draws, keep_all);
+}
+
+// Unaligned pointers: one Philox block (4 elements) per thread and step, scalar accesses.
+template <Elem E>
+__global__ void __launch_bounds__(kThreads)
+    DropoutForwardScalar(const typename Dev<E>::S* x, typename Dev<E>::S* y, bool* mask, ForwardParams p, bool draws,
+                         bool keep_all) {
+  const uint64_t blocks = DropoutBlocksFor(p.n);
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t b = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks; b += stride) {
+    ForwardScalar<E>(x, y, mask, 4 * b, min(4 * b + 4, p.n), p, draws, keep_all);
+  }
+}
+
+template <Elem E>
+__global__ void __launch_bounds__(kThreads)
+    DropoutBackwardVec(const typename Dev<E>::S* dy, const bool* mask, bool keep_all, typename Dev<E>::S* dx,
+                       uint64_t n, float scale) {
+  using D = Dev<E>;
+  constexpr int kN = D::kUnit;
+  const typename D::C s = static_cast<typename D::C>(scale);
+  const uint64_t units = n / kN;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (uint64_t u = first; u < units; u += stride) {
+    Unit<E> in;
+    in.LoadFrom(dy + u * kN);
+    bool keep[kN];
+    if (mask != nullptr) {
+      MaskWord<kN>::Load(mask + u * kN, keep);
+    } else {
+#pragma unroll
+      for (int j = 0; j < kN; ++j) keep[j] = keep_all;
+    }
+    Unit<E> out;
+#pragma unroll
+    for (int j = 0; j < kN; ++j) {
+      out.v[j] = D::Store(D::Mul(D::Mul(D::Load(in.v[j]), static_cast<typename D::C>(keep[j])), s));
+    }
+    out.StoreTo(dx + u * kN);
+  }
+  if (first == 0) {
+    const uint8_t* m = reinterpret_cast<const uint8_t*>(mask);
+    for (uint64_t i = units * kN; i < n; ++i) {
+      const bool keep = m != nullptr ? m[i] != 0 : keep_all;
+      dx[i] = D::Store(D::Mul(D::Mul(D::Load(dy[i]), static_cast<typename D::C>(keep)), s));
+    }
+  }
+}
+
+template <Elem E>
+__global__ void __launch_bounds__(kThreads)
+    DropoutBackwardScalar(const typename Dev<E>::S* dy, const bool* mask, bool keep_all, typename Dev<E>::S* dx,
+                          uint64_t n, float scale) {
+  using D = Dev<E>;
+  const typename D::C s = static_cast<typename D::C>(scale);
+  const uint8_t* m = reinterpret_cast<const uint8_t*>(mask);
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const bool keep = m != nullptr ? m[i] != 0 : keep_all;
+    dx[i] = D::Store(D::Mul(D::Mul(D::Load(dy[i]), static_cast<typename D::C>(keep)), s));
+  }
+}
+
+bool Aligned(const void* p, uintptr_t bytes) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+// Multiprocessor count of the current device, cached per device (queried once; no synchronisation).
+cudaError_t MultiprocessorCount(int* count) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device >= 0 && device < kMaxDevices) {
+    const int cached = cache[device].load(std::memory_order_relaxed);
+    if (cached > 0) {
+      *count = cached;
+      return cudaSuccess;
+    }
+  }
+  err = cudaDeviceGetAttribute(count, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) return err;
+  if (device >= 0 && device < kMaxDevices) cache[device].store(*count, std::memory_order_relaxed);
+  return cudaSuccess;
+}
+
+cudaError_t GridFor(uint64_t work_items, unsigned* grid) {
+  int sms = 0;
+  const cudaError_t err = MultiprocessorCount(&sms);
+  if (err != cudaSuccess) return err;
+  const uint64_t wanted = (work_items + kThreads - 1) / kThreads;
+  const uint64_t cap = static_cast<uint64_t>(std::max(sms, 1)) * kBlocksPerSm;
+  *grid = static_cast<unsigned>(std::max<uint64_t>(1, std::min(wanted, cap)));
+  return cudaSuccess;
+}
+
+}  // namespace
+
+template <Elem E>
+cudaError_t LaunchDropoutForward(const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
+                                 bool* mask, const ForwardParams& params, cudaStream_t stream) {
+  if (params.n == 0) return cudaSuccess;
+  constexpr int kN = Dev<E>::kUnit;
+  const uint64_t kLimit = uint64_t{1} << 32;
+  const bool draws = params.threshold != 0 && params.threshold < kLimit;
+  const bool keep_all = params.threshold == 0;
+  unsigned grid = 0;
+  const bool vector = Aligned(x, 16) && Aligned(y, 16) && Aligned(mask, kN);
+  cudaError_t err = GridFor(vector ? std::max<uint64_t>(params.n / kN, 1) : DropoutBlocksFor(params.n), &grid);
+  if (err != cudaSuccess) return err;
+  if (!vector) {
+    DropoutForwardScalar<E><<<grid, kThreads, 0, stream>>>(x, y, mask, params, draws, keep_all);
+  } else if (mask != nullptr) {
+    DropoutForwardVec<E, true><<<grid, kThreads, 0, stream>>>(x, y, mask, params, draws, keep_all);
+  } else {
+    DropoutForwardVec<E, false><<<grid, kThreads, 0, stream>>>(x, y, nullptr, params, draws, keep_all);
+  }
+  return cudaGetLastError();
+}
+
+template <Elem E>
+cudaError_t LaunchDropoutBackward(const typename ElemTraits<E>::Storage* dy, const bool* mask, bool keep_all,
+                                  typename ElemTraits<E>::Storage* dx, uint64_t n, float scale, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  constexpr int kN = Dev<E>::kUnit;
+  unsigned grid = 0;
+  const bool vector = Aligned(dy, 16) && Aligned(dx, 16) && Aligned(mask, kN);
+  cudaError_t err = GridFor(vector ? std::max<uint64_t>(n / kN, 1) : n, &grid);
+  if (err != cudaSuccess) return err;
+  if (vector) {
+    DropoutBackwardVec<E><<<grid, kThreads, 0, stream>>>(dy, mask, keep_all, dx, n, scale);
+  } else {
+    DropoutBackwardScalar<E><<<grid, kThreads, 0, stream>>>(dy, mask, keep_all, dx, n, scale);
+  }
+  return cudaGetLastError();
+}
+
+#define C2ORT_INSTANTIATE(E)                                                                                    \
+  template cudaError_t LaunchDropoutForward<E>(const ElemTraits<E>::Storage*, ElemTraits<E>::Storage*, bool*, \
+                                               const ForwardParams&, cudaStream_t);                            \
+  template cudaError_t LaunchDropoutBackward<E>(const ElemTraits<E>::Storage*, const bool*, bool,              \
+                                                ElemTraits<E>::Storage*, uint64_t, float, cudaStream_t);
+
+C2ORT_INSTANTIATE(Elem::kFloat)
+C2ORT_INSTANTIATE(Elem::kDouble)
+C2ORT_INSTANTIATE(Elem::kHalf)
+C2ORT_INSTANTIATE(Elem::kBFloat16)
+#undef C2ORT_INSTANTIATE
+
+}  // namespace cuda
+}  // namespace caffe2_ort

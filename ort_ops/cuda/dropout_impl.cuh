@@ -1,0 +1,43 @@
+// Launchers of the default-engine CUDA kernels of ai.caffe2 Dropout / DropoutGrad.
+//
+// Host-includable: declarations only, the device code lives in dropout_impl.cu. Every launcher
+// enqueues on the given stream, never synchronises, launches nothing for n == 0, and returns the
+// launch's error (cudaGetLastError) so the caller can turn it into a status.
+//
+// The mask follows the RNG contract of common/philox.h: element i uses Philox block base + i/4 and
+// word i % 4, kept iff word >= threshold. Each thread works on whole Philox blocks, so which random
+// word meets which element does not depend on the grid, the block size or the GPU.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "common/element_types.h"
+#include "common/philox.h"
+
+namespace caffe2_ort {
+namespace cuda {
+
+struct ForwardParams {
+  uint64_t n = 0;          // elements
+  uint64_t base = 0;       // first Philox block of this run
+  PhiloxKey key{0, 0};
+  uint64_t threshold = 0;  // 33-bit: 0 keeps every element, 2^32 drops every element
+  float scale = 1.0f;      // 1 / (1 - ratio) rounded to float (0 when ratio = 1)
+};
+
+// Y[i] = (X[i] * scale) * m[i], computed in float (double for float64) and rounded once; mask[i] = m[i]
+// when mask != nullptr. x may equal y (in place). With threshold 0 or 2^32 no random numbers are drawn.
+template <Elem E>
+cudaError_t LaunchDropoutForward(const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
+                                 bool* mask, const ForwardParams& params, cudaStream_t stream);
+
+// dX[i] = (dY[i] * m[i]) * scale with m[i] = (mask[i] != 0), or m[i] = keep_all when mask == nullptr.
+// dy may equal dx (in place).
+template <Elem E>
+cudaError_t LaunchDropoutBackward(const typename ElemTraits<E>::Storage* dy, const bool* mask, bool keep_all,
+                                  typename ElemTraits<E>::Storage* dx, uint64_t n, float scale, cudaStream_t stream);
+
+}  // namespace cuda
+}  // namespace caffe2_ort
