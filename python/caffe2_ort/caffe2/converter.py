@@ -352,12 +352,18 @@ def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, rea
         if p["global_pool"]:
             g.node("Global" + t, xin[:1], xout[:1], node_name)
             return
-        attrs = dict(kernel_shape=p["kernel"], strides=p["stride"], pads=p["begin"] + p["end"])
+        # Caffe2's tail pad for legacy pooling can reach the kernel size, which ORT refuses; the
+        # smallest tail that gives the same output size covers the same windows, so use that.
+        end = [
+            max(0, min(e, (o - 1) * s + k - i - b))
+            for e, o, s, k, i, b in zip(p["end"], p["out"], p["stride"], p["kernel"], x.shape[2:], p["begin"])
+        ]
+        attrs = dict(kernel_shape=p["kernel"], strides=p["stride"], pads=p["begin"] + end)
         if t == "AveragePool":
             attrs["count_include_pad"] = 1 if args.int("count_include_pad", 0) else 0
         g.node(t, xin[:1], xout[:1], node_name, **attrs)
         if p["legacy"] == S.CAFFE_LEGACY_POOLING:
-            notes.append(f"{where}: legacy_pad CAFFE_LEGACY_POOLING expressed as explicit end pads {p['end']}")
+            notes.append(f"{where}: legacy_pad CAFFE_LEGACY_POOLING expressed as explicit end pads {end}")
         return
 
     if t == "FC":
@@ -468,6 +474,8 @@ def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, rea
             tm = g.const(f"{node_name}_training_mode", np.asarray(not is_test, dtype=bool))
             attrs = {} if seed is None else {"seed": seed}
             g.node("Dropout", [xin[0], r, tm], list(xout[:2]), node_name, **attrs)
+            if len(xout) > 1:  # a bool mask of X's shape, whatever the engine
+                g.infos[xout[1]] = S.Info(np.dtype(bool), tuple(x.shape))
         return
 
     if t == "DropoutGrad":

@@ -84,7 +84,8 @@ def _unknown_fields(msg, path="") -> list:
     for fd, value in msg.ListFields():
         if fd.type != fd.TYPE_MESSAGE:
             continue
-        items = value if fd.label == fd.LABEL_REPEATED else [value]
+        repeated = fd.is_repeated if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED
+        items = value if repeated else [value]
         for k, item in enumerate(items):
             found += _unknown_fields(item, f"{path or msg.DESCRIPTOR.name}.{fd.name}[{k}]")
     return found
