@@ -9,6 +9,7 @@
 #include "common/element_types.h"
 #include "common/ort_api.h"
 #include "cuda/cudnn_dropout.h"
+#include "cuda/cudnn_handle.h"
 
 namespace caffe2_ort {
 namespace cuda {
