@@ -40,5 +40,9 @@ class FillError(Caffe2Error):
     """An init_net fill op that cannot be evaluated (value count vs shape, bad dtype, ...)."""
 
 
+class ArgumentError(Caffe2Error):
+    """An op argument of the wrong kind (e.g. a string where Caffe2 reads an int)."""
+
+
 class ShapeError(Caffe2Error):
     """Shapes that do not fit an op's Caffe2 rules."""

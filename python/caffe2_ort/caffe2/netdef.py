@@ -17,7 +17,7 @@ from google.protobuf import message as _pb_message
 from google.protobuf import text_format
 
 from . import schema
-from .errors import FillError, NetDefFormatError
+from .errors import ArgumentError, FillError, NetDefFormatError
 
 # Caffe2 TensorProto.DataType numbers (they are not ONNX's).
 C2_FLOAT, C2_INT32, C2_BYTE, C2_STRING, C2_BOOL = 1, 2, 3, 4, 5
@@ -308,7 +308,7 @@ class Args:
         return list(self.values)
 
     def _bad(self, name, want):
-        return FillError(f"{self.where}: argument {name!r} should be {want}, got {self.values[name]!r}")
+        return ArgumentError(f"{self.where}: argument {name!r} should be {want}, got {self.values[name]!r}")
 
     def int(self, name: str, default=None):
         if name not in self.values:

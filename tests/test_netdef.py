@@ -1,0 +1,268 @@
+"""The NetDef reader: the committed caffe2.proto and the descriptors built from it, binary and text
+NetDefs, TensorProtos, fill-op evaluation, value_info.json, and one-line errors for bad files."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import onnx
+import pytest
+
+from caffe2_ort.caffe2 import netdef, schema
+from caffe2_ort.caffe2.errors import ArgumentError, FillError, NetDefFormatError, UnsupportedOpsError
+
+from caffe2_helpers import ZOO_NETS, make_net, shared_file
+
+
+def _normalise(proto_text):
+    lines = []
+    for line in proto_text.splitlines():
+        line = line.split("//")[0].strip()
+        if line:
+            lines.append(re.sub(r"\s+", " ", line))
+    return lines
+
+
+def test_descriptors_are_exactly_the_committed_proto():
+    text = schema.PROTO_PATH.read_text()
+    rendered = schema.render_proto(schema.FILE_DESCRIPTOR_PROTO)
+    assert _normalise(rendered) == _normalise(text)
+    # and the rendering parses back to the same descriptor
+    assert schema.parse_proto(rendered) == schema.FILE_DESCRIPTOR_PROTO
+
+
+# Field numbers of the Caffe2 format (docs/caffe2-facts.md section 7), written out independently.
+FIELDS = {
+    "NetDef": {"name": 1, "op": 2, "type": 3, "num_workers": 4, "device_option": 5, "arg": 6,
+               "external_input": 7, "external_output": 8, "partition_info": 9},
+    "OperatorDef": {"input": 1, "output": 2, "name": 3, "type": 4, "arg": 5, "device_option": 6, "engine": 7,
+                    "control_input": 8, "is_gradient_op": 9, "debug_info": 10, "domain": 11, "op_version": 12},
+    "Argument": {"name": 1, "f": 2, "i": 3, "s": 4, "floats": 5, "ints": 6, "strings": 7, "n": 8, "nets": 9,
+                 "t": 10, "tensors": 11, "qtensors": 12},
+    "DeviceOption": {"device_type": 1, "device_id": 2, "random_seed": 3, "node_name": 4, "numa_node_id": 5,
+                     "extra_info": 6},
+    "TensorProto": {"dims": 1, "data_type": 2, "float_data": 3, "int32_data": 4, "byte_data": 5, "string_data": 6,
+                    "name": 7, "device_detail": 8, "double_data": 9, "int64_data": 10, "segment": 11,
+                    "raw_data": 13, "data_format": 15},
+    "TensorProtos": {"protos": 1},
+}  # fmt: skip
+DATA_TYPES = {"FLOAT": 1, "INT32": 2, "BYTE": 3, "STRING": 4, "BOOL": 5, "UINT8": 6, "INT8": 7, "UINT16": 8,
+              "INT16": 9, "INT64": 10, "FLOAT16": 12, "DOUBLE": 13}  # fmt: skip
+
+
+def test_field_numbers():
+    for msg, fields in FIELDS.items():
+        desc = getattr(schema, msg).DESCRIPTOR
+        assert {f.name: f.number for f in desc.fields} == fields, msg
+    enum = schema.TensorProto.DESCRIPTOR.enum_types_by_name["DataType"]
+    for name, number in DATA_TYPES.items():
+        assert enum.values_by_name[name].number == number
+    assert schema.DeviceOption().numa_node_id == -1
+    assert schema.TensorProto().data_type == 1
+    assert schema.TensorProto.DESCRIPTOR.fields_by_name["float_data"].is_packed
+
+
+@pytest.mark.parametrize("name", ZOO_NETS)
+def test_reads_zoo_pbtxt_and_round_trips_binary(name, tmp_path):
+    path = shared_file("caffe2_models", name, "predict_net.pbtxt")
+    text = path.read_text()
+    net = netdef.read_netdef(path)
+    assert len(net.op) == len(re.findall(r"^op \{", text, re.M))
+    assert len(net.external_input) == text.count("external_input:")
+    assert net.name and list(net.external_output) == re.findall(r'^external_output: "(.*)"', text, re.M)
+    netdef.write_netdef(net, tmp_path / "net.pb")
+    again = netdef.read_netdef(tmp_path / "net.pb")
+    assert again == net
+    # a binary file with a .pbtxt name and a text file with a .pb name are still read
+    (tmp_path / "bin.pbtxt").write_bytes((tmp_path / "net.pb").read_bytes())
+    (tmp_path / "text.pb").write_text(text)
+    assert netdef.read_netdef(tmp_path / "text.pb") == net
+
+
+def _one_line(e):
+    s = str(e)
+    assert "\n" not in s and s
+    return s
+
+
+def test_truncated_binary(tmp_path):
+    net = make_net(ops=[("Relu", ["x"], ["y"])] * 20, inputs=["x"], outputs=["y"])
+    data = net.SerializeToString()
+    (tmp_path / "cut.pb").write_bytes(data[: len(data) - 7])
+    with pytest.raises(NetDefFormatError) as e:
+        netdef.read_netdef(tmp_path / "cut.pb")
+    assert "cut.pb: not a Caffe2 NetDef, or truncated" in _one_line(e.value)
+
+
+def test_onnx_model_is_not_a_netdef(tmp_path):
+    model = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    onnx.save(model, tmp_path / "model.onnx")
+    with pytest.raises(NetDefFormatError) as e:
+        netdef.read_netdef(tmp_path / "model.onnx")
+    assert "not a Caffe2 NetDef" in _one_line(e.value)
+
+
+@pytest.mark.parametrize(
+    "content, suffix, message",
+    [
+        (b"", ".pb", "empty or not a Caffe2 NetDef"),
+        (bytes(range(256)) * 4, ".pb", "not a Caffe2 NetDef"),
+        (b"op { type: \"Relu\" input: \"x\" \n bogus_field: 3 }", ".pbtxt", "not a text-format Caffe2 NetDef"),
+        (b"op { input: \"x\" output: \"y\" }", ".pbtxt", "op #0 has no type"),
+    ],
+)
+def test_foreign_files(tmp_path, content, suffix, message):
+    p = tmp_path / f"f{suffix}"
+    p.write_bytes(content)
+    with pytest.raises(NetDefFormatError) as e:
+        netdef.read_netdef(p)
+    assert message in _one_line(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(NetDefFormatError, match="cannot read"):
+        netdef.read_netdef(tmp_path / "nope.pb")
+
+
+@pytest.mark.parametrize(
+    "arr",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3) / 7,
+        np.arange(4, dtype=np.float64) / 3,
+        np.array([[1, -2], [3, 4]], dtype=np.int32),
+        np.array([1, 2**40], dtype=np.int64),
+        np.array([True, False, True]),
+        np.array([1, 200], dtype=np.uint8),
+        np.array([-3, 5], dtype=np.int8),
+        np.array([-3, 5], dtype=np.int16),
+        np.array([7, 60000], dtype=np.uint16),
+        np.array([0.5, -2.25, 65504], dtype=np.float16),
+        np.array([b"ab", b"c"], dtype=object),
+    ],
+)
+def test_tensor_proto_round_trip(arr, tmp_path):
+    tp = netdef.array_to_tensor_proto("t", arr)
+    back = netdef.tensor_proto_to_array(tp)
+    assert back.dtype == arr.dtype and back.shape == arr.shape
+    np.testing.assert_array_equal(back, arr)
+    protos = schema.TensorProtos(protos=[tp])
+    (tmp_path / "t.pb").write_bytes(protos.SerializeToString())
+    np.testing.assert_array_equal(netdef.read_tensor_protos(tmp_path / "t.pb")["t"], arr)
+
+
+def test_tensor_proto_raw_data_byte_data_and_errors():
+    tp = schema.TensorProto(dims=[2], data_type=1, raw_data=np.array([1.5, -2], "<f4").tobytes())
+    np.testing.assert_array_equal(netdef.tensor_proto_to_array(tp), [1.5, -2])
+    tp = schema.TensorProto(dims=[3], data_type=3, byte_data=b"\x01\x02\xff")
+    np.testing.assert_array_equal(netdef.tensor_proto_to_array(tp), [1, 2, 255])
+    with pytest.raises(NetDefFormatError, match=r"dims \[3\] need 3 values, the proto holds 2"):
+        netdef.tensor_proto_to_array(schema.TensorProto(name="w", dims=[3], float_data=[1, 2]))
+
+
+def _fill(type_, shape, values=None, **args):
+    op = schema.OperatorDef(type=type_, output=["w"])
+    if shape is not None:
+        op.arg.add(name="shape", ints=shape)
+    if values is not None:
+        a = op.arg.add(name="values")
+        if values and isinstance(values[0], float):
+            a.floats.extend(values)
+        elif values and isinstance(values[0], bytes):
+            a.strings.extend(values)
+        else:
+            a.ints.extend(values)
+    for k, v in args.items():
+        a = op.arg.add(name=k)
+        if isinstance(v, float):
+            a.f = v
+        elif isinstance(v, int):
+            a.i = v
+        else:
+            a.ints.extend(v)
+    return op
+
+
+@pytest.mark.parametrize(
+    "type_, values, dtype",
+    [
+        ("GivenTensorFill", [0.5, 1.0, -2.0, 3.0], np.float32),
+        ("GivenTensorDoubleFill", [0.5, 1.0, -2.0, 3.0], np.float64),
+        ("GivenTensorBoolFill", [1, 0, 0, 1], bool),
+        ("GivenTensorIntFill", [1, -2, 3, 4], np.int32),
+        ("GivenTensorInt64Fill", [1, -2, 3, 2**40], np.int64),
+        ("GivenTensorInt16Fill", [1, -2, 3, 4], np.int16),
+        ("GivenTensorStringFill", [b"a", b"b", b"c", b"d"], object),
+    ],
+)
+def test_given_fills(type_, values, dtype):
+    arr = netdef.evaluate_fill(_fill(type_, [2, 2], values))
+    assert arr.dtype == np.dtype(dtype) and arr.shape == (2, 2)
+    assert arr.reshape(-1).tolist() == [np.dtype(dtype).type(v) if dtype is not object else v for v in values]
+    # make_given_fill writes the matching kind back
+    op = netdef.make_given_fill("w", arr)
+    assert op.type == type_ or (type_ == "GivenTensorDoubleFill" and op.type == type_)
+    np.testing.assert_array_equal(netdef.evaluate_fill(op), arr)
+
+
+def test_given_tensor_fill_dtype_argument_and_bytestring():
+    arr = netdef.evaluate_fill(_fill("GivenTensorFill", [3], [1, 2, 3], dtype=10))  # INT64 from ints
+    assert arr.dtype == np.int64 and arr.tolist() == [1, 2, 3]
+    op = schema.OperatorDef(type="GivenTensorByteStringToUInt8Fill", output=["w"])
+    op.arg.add(name="shape", ints=[3])
+    op.arg.add(name="values", s=b"\x00\x07\xff")
+    assert netdef.evaluate_fill(op).tolist() == [0, 7, 255]
+
+
+def test_constant_fill():
+    arr = netdef.evaluate_fill(_fill("ConstantFill", [2, 3], value=1.5))
+    assert arr.dtype == np.float32 and arr.shape == (2, 3) and (arr == 1.5).all()
+    arr = netdef.evaluate_fill(_fill("ConstantFill", [4], dtype=10, value=7))
+    assert arr.dtype == np.int64 and arr.tolist() == [7] * 4
+    blobs = {"s": np.array([2, 5], dtype=np.int64)}
+    op = _fill("ConstantFill", None, value=2.0, input_as_shape=1)
+    op.input.append("s")
+    assert netdef.evaluate_fill(op, blobs).shape == (2, 5)
+    op = _fill("ConstantFill", None, extra_shape=[3])
+    op.input.append("s")
+    assert netdef.evaluate_fill(op, blobs).shape == (2, 3)
+
+
+def test_fill_value_count_must_match_shape():
+    with pytest.raises(FillError) as e:
+        netdef.evaluate_fill(_fill("GivenTensorFill", [2, 3], [1.0, 2.0]), index=4)
+    assert _one_line(e.value) == "init_net op #4 GivenTensorFill for 'w': shape [2, 3] needs 6 values, the op has 2"
+    op = _fill("GivenTensorFill", None, [1.0])
+    op.arg.add(name="shape", i=3)
+    with pytest.raises(FillError, match="'shape' must be a list of ints"):
+        netdef.evaluate_fill(op)
+    with pytest.raises(FillError, match="no 'shape' argument and 2 values"):
+        netdef.evaluate_fill(_fill("GivenTensorFill", None, [1.0, 2.0]))
+
+
+def test_init_net_with_other_ops_lists_them():
+    init = make_net(ops=[("XavierFill", [], ["a"]), ("XavierFill", [], ["b"]), ("UniformFill", [], ["c"])])
+    with pytest.raises(UnsupportedOpsError) as e:
+        netdef.evaluate_init_net(init)
+    assert "UniformFill x1" in str(e.value) and "XavierFill x2" in str(e.value)
+
+
+def test_value_info(tmp_path):
+    (tmp_path / "vi.json").write_text('{"data": [1, [1, 3, 8, 8]], "ids": [7, [4]], "d": [11, []]}')
+    vi = netdef.read_value_info(tmp_path / "vi.json")
+    assert vi == {"data": (np.float32, (1, 3, 8, 8)), "ids": (np.int64, (4,)), "d": (np.float64, ())}
+    (tmp_path / "bad.json").write_text('{"data": [1, "1,3"]}')
+    with pytest.raises(NetDefFormatError, match="entry 'data' must be"):
+        netdef.read_value_info(tmp_path / "bad.json")
+    (tmp_path / "bad2.json").write_text("{not json")
+    with pytest.raises(NetDefFormatError, match="not JSON"):
+        netdef.read_value_info(tmp_path / "bad2.json")
+
+
+def test_args_kind_by_presence():
+    op = make_net(ops=[("Conv", ["x"], ["y"], {"kernel": 3, "pads": [1, 1, 1, 1], "alpha": 0.5, "order": "NCHW"})]).op[0]
+    a = netdef.Args(op)
+    assert a.int("kernel") == 3 and a.ints("pads") == [1, 1, 1, 1] and a.float("alpha") == 0.5
+    assert a.str("order") == "NCHW" and a.int("missing", 9) == 9
+    with pytest.raises(ArgumentError, match="'order' should be an int"):
+        a.int("order")
