@@ -89,7 +89,11 @@ def session(model, threads=1, **so_settings):
 
 
 def np_dtype(name):
-    return R.bfloat16 if name == "bfloat16" else np.dtype(name)
+    if name == "bfloat16":
+        if R.bfloat16 is None:
+            pytest.fail("bfloat16 checks need ml_dtypes (a test dependency): pip install ml_dtypes")
+        return R.bfloat16
+    return np.dtype(name)
 
 
 def bits(a):
