@@ -12,7 +12,7 @@ import pytest
 
 from caffe2_ort.caffe2 import cli, netdef
 
-from caffe2_helpers import MODELS, REPO, init_net_of, make_net, shared_file
+from caffe2_helpers import MODELS, REPO, make_net, shared_file
 
 TINY = MODELS / "tiny_dropout_net"
 

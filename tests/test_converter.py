@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from caffe2_ort.caffe2 import converter, netdef, schema
+from caffe2_ort.caffe2 import converter, netdef
 from caffe2_ort.caffe2.errors import (
     Caffe2Error, FillError, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError,
 )  # fmt: skip

@@ -72,3 +72,20 @@ def test_zoo_in_place_ops_are_renamed(zoo):
     assert len(produced) == len(set(produced)), "SSA: every ONNX value written once"
     assert [o.name for o in conv.model.graph.output] == list(net.external_output)
     assert [i.name for i in conv.model.graph.input] == list(vi)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ZOO_NETS)
+def test_zoo_net_at_wider_widths(name):
+    """Wider layers (64 channels per conv, 256 features per FC): longer reductions, same tolerance."""
+    net, vi = zoo_net(name)
+    init, blobs = synth.synthesize(net, vi, seed=2, width=64, fc_width=256)
+    rng = np.random.default_rng(8)
+    feeds = {k: rng.standard_normal(shape).astype(dt) for k, (dt, shape) in vi.items()}
+    conv = converter.convert(net, init, vi, extra_outputs=[LOGITS[name]])
+    out = run_ort(conv.model, feeds)
+    ws = Executor(net, blobs).run(feeds)
+    for b in list(net.external_output) + [LOGITS[name]]:
+        err = max_rel_error(out[b], ws[b])
+        print(f"{name} [width 64] {b}: max rel error {err:.3g}")
+        assert err <= TOL, (b, err)

@@ -109,3 +109,11 @@ def test_bn_calibration_normalises_activations():
     assert 0.05 < float(np.std(ws["gpu_0/pred"])) < 20
     _, raw = synth.synthesize(net, vi, seed=0, calibrate=False)
     assert not np.array_equal(raw["gpu_0/res_conv1_bn_rm"], blobs["gpu_0/res_conv1_bn_rm"])
+
+
+def test_unsupported_ops_listed_before_synthesis():
+    from caffe2_ort.caffe2.errors import UnsupportedOpsError
+
+    net = make_net(ops=[("Gather", ["x", "i"], ["y"]), ("Gather", ["y", "i"], ["z"])], inputs=["x", "i"], outputs=["z"])
+    with pytest.raises(UnsupportedOpsError, match=r"predict_net \(synth-init\) has 2 unsupported op\(s\) of 1 kind\(s\): Gather x2"):
+        synth.synthesize(net, {"x": (F32, (2,)), "i": (np.dtype(np.int64), (1,))})

@@ -21,12 +21,13 @@ and logits of order one.
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import numpy as np
 
 from . import schema
 from . import shapes as S
-from .errors import Caffe2Error, MissingValueInfoError, ShapeError
+from .errors import Caffe2Error, MissingValueInfoError, ShapeError, UnsupportedOpsError
 from .netdef import Args, make_given_fill
 
 _PRESERVING = frozenset(["Relu", "Sigmoid", "Tanh", "Copy", "Dropout", "LRN", "SpatialBN", "Sum", "DropoutGrad"] + list(S.BINARY_OPS))
@@ -235,6 +236,9 @@ def synthesize(predict_net, data, *, seed=0, width=16, fc_width=32, calibrate=Tr
     """
     if width < 1 or fc_width < 1:
         raise Caffe2Error("width and fc_width must be positive")
+    bad = Counter(label for op in predict_net.op if (label := S.unsupported_variant(op, Args(op))))
+    if bad:
+        raise UnsupportedOpsError(bad, where="predict_net (synth-init)")
     walk = choose_shapes(predict_net, data, width=width, fc_width=fc_width)
     rng = np.random.default_rng(seed)
     blobs = {}
