@@ -147,7 +147,8 @@ target_include_directories(caffe2_ort_cuda_testing PRIVATE ort_ops "${ORT_INCLUD
 target_compile_options(caffe2_ort_cuda_testing PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:--Werror=default-stream-launch,all-warnings -O3>)
 target_link_libraries(caffe2_ort_cuda_testing PRIVATE CUDA::cudart_static "${CAFFE2_ORT_CUDNN_LIBRARY}")
-target_link_options(caffe2_ort_cuda_testing PRIVATE -Wl,--enable-new-dtags -Wl,--no-undefined -static-libstdc++ -static-libgcc)
+target_link_options(caffe2_ort_cuda_testing PRIVATE -Wl,--enable-new-dtags -Wl,--no-undefined -static-libstdc++ -static-libgcc
+  "-Wl,--version-script=${PROJECT_SOURCE_DIR}/ort_ops/cuda/testing/exports.lds")
 set_target_properties(caffe2_ort_cuda_testing PROPERTIES
   LINKER_LANGUAGE CXX
   BUILD_WITH_INSTALL_RPATH ON
