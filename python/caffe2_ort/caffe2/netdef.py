@@ -78,9 +78,13 @@ TEXT_SUFFIXES = {".pbtxt", ".prototxt", ".txt", ".pbtext"}
 
 def _unknown_fields(msg, path="") -> list:
     """Paths of unknown fields anywhere in a parsed message (foreign data parsed 'successfully')."""
-    from google.protobuf import unknown_fields
+    try:
+        from google.protobuf import unknown_fields
 
-    found = [f"{path or msg.DESCRIPTOR.name}#{u.field_number}" for u in unknown_fields.UnknownFieldSet(msg)]
+        unknown = unknown_fields.UnknownFieldSet(msg)
+    except ImportError:  # pragma: no cover - protobuf < 4.22
+        unknown = msg.UnknownFields()
+    found = [f"{path or msg.DESCRIPTOR.name}#{u.field_number}" for u in unknown]
     for fd, value in msg.ListFields():
         if fd.type != fd.TYPE_MESSAGE:
             continue

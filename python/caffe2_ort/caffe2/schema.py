@@ -249,7 +249,11 @@ def _build():
         fd = file_desc
     else:  # pragma: no cover - older protobuf
         fd = pool.FindFileByName(PROTO_FILE_NAME)
-    classes = {name: message_factory.GetMessageClass(d) for name, d in fd.message_types_by_name.items()}
+    if hasattr(message_factory, "GetMessageClass"):  # protobuf >= 4.21
+        make = message_factory.GetMessageClass
+    else:  # pragma: no cover - protobuf 3.20
+        make = message_factory.MessageFactory(pool).GetPrototype
+    classes = {name: make(d) for name, d in fd.message_types_by_name.items()}
     return fdp, pool, classes
 
 
