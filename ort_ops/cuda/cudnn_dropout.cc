@@ -80,7 +80,7 @@ size_t CudnnDropout::ReserveBytes(const std::string& where, Elem elem, uint64_t 
   return bytes;
 }
 
-void CudnnDropout::EnsureForwardStates(cudnnHandle_t handle) {
+void CudnnDropout::EnsureStates(cudnnHandle_t handle) {
   if (configured_) return;
   cudaStream_t stream = nullptr;
   CheckCudnn(cudnnGetStream(handle, &stream), where_, "cudnnGetStream");
@@ -99,20 +99,12 @@ void CudnnDropout::EnsureForwardStates(cudnnHandle_t handle) {
   configured_ = true;
 }
 
-void CudnnDropout::EnsureBackwardDescriptor(cudnnHandle_t handle) {
-  if (configured_) return;
-  // No states: cuDNN then only records the ratio, which is all the backward pass reads.
-  CheckCudnn(cudnnSetDropoutDescriptor(desc_, handle, ratio_, nullptr, 0, static_cast<unsigned long long>(seed_)),
-             where_, "cudnnSetDropoutDescriptor");
-  configured_ = true;
-}
-
 void CudnnDropout::Forward(cudnnHandle_t handle, const void* x, void* y, void* reserve, size_t reserve_bytes,
                            uint64_t n) {
   if (n == 0) return;
   TensorDesc desc(where_, elem_, n);
   std::lock_guard<std::mutex> lock(mutex_);
-  EnsureForwardStates(handle);
+  EnsureStates(handle);
   CheckCudnn(cudnnDropoutForward(handle, desc_, desc.get(), x, desc.get(), y, reserve, reserve_bytes), where_,
              "cudnnDropoutForward");
 }
@@ -122,7 +114,9 @@ void CudnnDropout::Backward(cudnnHandle_t handle, const void* dy, const void* re
   if (n == 0) return;
   TensorDesc desc(where_, elem_, n);
   std::lock_guard<std::mutex> lock(mutex_);
-  EnsureBackwardDescriptor(handle);
+  // cuDNN's backward fails (CUDNN_STATUS_EXECUTION_FAILED_CUDART, seen with cuDNN 9.x on an H100)
+  // with a descriptor set without states, so the gradient gets states of its own too.
+  EnsureStates(handle);
   // cuDNN takes the reserve space as non-const but only reads it in the backward pass.
   CheckCudnn(cudnnDropoutBackward(handle, desc_, desc.get(), dy, desc.get(), dx, const_cast<void*>(reserve),
                                   reserve_bytes),

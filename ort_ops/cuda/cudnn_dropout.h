@@ -3,8 +3,9 @@
 // As Caffe2's CuDNNDropoutOp did, the forward's mask output is cuDNN's opaque reserve space
 // (cudnnDropoutGetReserveSpaceSize bytes for the whole tensor viewed as (numel, 1, 1, 1)), and the
 // gradient consumes those bytes. The RNG states (cudnnDropoutGetStatesSize bytes of device memory)
-// belong to one CudnnDropout object: created once, on the first forward call, on that call's stream,
-// and seeded with the node's seed. The gradient needs no states: its descriptor only carries ratio.
+// belong to one CudnnDropout object: created once, on the first call, on that call's stream, and
+// seeded with the node's seed. The gradient's object holds states too (cuDNN's backward needs a
+// descriptor with states), though it draws nothing from them.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -42,8 +43,7 @@ class CudnnDropout {
                 uint64_t n);
 
  private:
-  void EnsureForwardStates(cudnnHandle_t handle);  // mutex_ held
-  void EnsureBackwardDescriptor(cudnnHandle_t handle);  // mutex_ held
+  void EnsureStates(cudnnHandle_t handle);  // mutex_ held
 
   std::string where_;
   Elem elem_;
