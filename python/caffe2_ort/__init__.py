@@ -16,7 +16,7 @@ from ._library import (
 from . import reference
 from .schemas import try_register_schemas as _try_register_schemas
 
-# ONNX schemas for ai.caffe2 (onnx >= 1.16), so onnx.checker and shape inference accept our nodes;
+# ONNX schemas for ai.caffe2 (onnx >= 1.19), so onnx.checker and shape inference accept our nodes;
 # with an older onnx this warns and ONNX Runtime itself is unaffected.
 _try_register_schemas()
 

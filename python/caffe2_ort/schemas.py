@@ -3,7 +3,7 @@
 After :func:`register_schemas` (called by ``import caffe2_ort``), ``onnx.checker.check_model(model,
 full_check=True)`` and ``onnx.shape_inference.infer_shapes`` know both ops: the checker validates their
 inputs, outputs, attribute types and element types, and shape inference runs the Python
-type-and-shape inference functions below (onnx >= 1.16 calls Python inference functions from its C++
+type-and-shape inference functions below (onnx >= 1.19 calls Python inference functions from its C++
 inference engine), so every output of the ops gets a full type and shape:
 
 - Dropout: ``Y`` = X's type and shape; ``mask`` = bool with X's shape, except under ``engine="CUDNN"``
@@ -14,7 +14,7 @@ The inference functions also reject what the native kernels reject at session cr
 [0, 1] or NaN, an unknown engine, a training DropoutGrad without its mask, bool masks whose element
 count differs from dY's when both shapes are known), so ``full_check`` catches those errors early.
 
-onnx is the only dependency. With an onnx older than 1.16 (no ``onnx.defs.register_schema``),
+onnx is the only dependency. With an onnx older than 1.19 (no Python inference functions),
 :func:`register_schemas` raises :class:`SchemaRegistrationError` saying so; ``import caffe2_ort`` should
 catch it and go on (see :func:`try_register_schemas`).
 """
@@ -50,7 +50,7 @@ _registered = {}
 
 
 class SchemaRegistrationError(RuntimeError):
-    """The installed onnx cannot register Python schemas (it needs onnx >= 1.16)."""
+    """The installed onnx cannot register Python schemas (it needs onnx >= 1.19)."""
 
 
 def _api():
@@ -66,7 +66,7 @@ def _api():
 
         raise SchemaRegistrationError(
             f"onnx {onnx.__version__} lacks {', '.join('onnx.defs.' + m for m in missing)}; registering the "
-            "ai.caffe2 schemas from Python needs onnx >= 1.16. Without them onnx.checker rejects models "
+            "ai.caffe2 schemas from Python needs onnx >= 1.19. Without them onnx.checker rejects models "
             "using ai.caffe2 ops and shape inference leaves their outputs untyped; onnxruntime itself "
             "does not need the schemas."
         )
