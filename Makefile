@@ -22,9 +22,12 @@ $(VENV)/.created:
 install: $(VENV)/.created
 	$(PIP) install -q ".[test]"
 
-# The CUDA plugin (CPU + CUDA kernels in one library) next to the installed CPU one.
+# The CUDA plugin (CPU + CUDA kernels in one library), built into build/cuda and installed next to the
+# CPU one in the venv's caffe2_ort/lib (its RUNPATH finds the nvidia-cudnn-cu13 wheel from there).
 cuda: install
-	bash scripts/build_cuda.sh --python $(PY) --install
+	PYTHON=$(PY) bash scripts/build_cuda.sh --build-dir build/cuda
+	$(PY) -c "import caffe2_ort, pathlib, shutil; d = pathlib.Path(caffe2_ort.__file__).parent / 'lib'; \
+	shutil.copy('build/cuda/libcaffe2_ort_cuda.so', d); print('installed', d / 'libcaffe2_ort_cuda.so')"
 
 demo: install
 	$(VENV)/bin/caffe2-ort run models/tiny_dropout_net/predict_net.pbtxt --value-info models/tiny_dropout_net/value_info.json

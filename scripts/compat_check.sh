@@ -14,7 +14,7 @@ run_with() {
   local version=$1; shift
   local venv=.venv-ort-$version
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install -q "onnxruntime==$version" "numpy<2" "onnx==1.19.0" "ml_dtypes<0.5" \
+  "$venv/bin/python" -m pip install -q "onnxruntime==$version" "numpy<2" "onnx==1.19.0" "ml_dtypes" \
     "protobuf<5" pytest hypothesis
   "$venv/bin/python" -m pip install -q --no-deps --force-reinstall "$wheel"
   "$venv/bin/python" -m pytest -p no:cacheprovider "$@"

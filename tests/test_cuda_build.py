@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "python"))
 
 from caffe2_ort import reference as R  # noqa: E402
 

@@ -71,7 +71,7 @@ def test_available_providers_lists_cpu():
 
 
 def test_check_command_reports_success():
-    out = subprocess.run([sys.executable, "-m", "caffe2_ort", "check"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "caffe2_ort", "check"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "ok    Dropout on CPUExecutionProvider" in out.stdout
     assert "ok    DropoutGrad on CPUExecutionProvider" in out.stdout
@@ -80,7 +80,7 @@ def test_check_command_reports_success():
 
 def test_check_command_reports_a_missing_library(tmp_path):
     env = dict(os.environ, CAFFE2_ORT_LIBRARY=str(tmp_path / "nope.so"))
-    out = subprocess.run([sys.executable, "-m", "caffe2_ort", "check"], capture_output=True, text=True, env=env)
+    out = subprocess.run([sys.executable, "-m", "caffe2_ort", "check"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 1
     assert "FAIL  finding the library" in out.stdout
     assert "Traceback" not in out.stdout + out.stderr

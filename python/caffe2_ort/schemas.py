@@ -21,6 +21,7 @@ catch it and go on (see :func:`try_register_schemas`).
 
 from __future__ import annotations
 
+import atexit
 import math
 import warnings
 
@@ -286,6 +287,22 @@ def register_schemas() -> None:
             defs.deregister_schema(op, OPSET_VERSION, DOMAIN)
         defs.register_schema(schema)
         _registered[op] = schema
+    # onnx's schema registry is a C++ static that holds our Python inference functions. Destroyed at
+    # process exit, after the interpreter is gone, it would wait forever for the GIL (seen with onnx
+    # 1.19): remove the schemas while Python is still alive.
+    if not _atexit_hooked:
+        atexit.register(_deregister_at_exit)
+        _atexit_hooked.append(True)
+
+
+_atexit_hooked = []
+
+
+def _deregister_at_exit():
+    try:
+        deregister_schemas()
+    except Exception:  # pragma: no cover - nothing useful to do at exit
+        pass
 
 
 def try_register_schemas() -> bool:
