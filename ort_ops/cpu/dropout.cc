@@ -11,8 +11,10 @@ namespace {
 
 // Outputs far beyond the caches go out with non-temporal stores (no read-for-ownership traffic).
 constexpr size_t kStreamingBytes = size_t{32} << 20;
-// Keep bits are produced and consumed in slices that stay in L1.
-constexpr size_t kSliceElements = 4096;
+// Keep bits are produced and consumed in small slices: RNG arithmetic and memory traffic then sit
+// close together in the instruction stream and overlap in the out-of-order window (4096-element
+// slices measured 25-35% slower on one thread at N = 2^24).
+constexpr size_t kSliceElements = 256;
 
 }  // namespace
 
