@@ -47,18 +47,7 @@ class Net:
 
     def op(self, type_, inputs, outputs, engine=None, seed=None, **args):
         op = self.net.op.add(type=type_, input=inputs, output=outputs)
-        for key, value in args.items():
-            a = op.arg.add(name=key)
-            if isinstance(value, float):
-                a.f = value
-            elif isinstance(value, int):
-                a.i = value
-            elif isinstance(value, str):
-                a.s = value.encode()
-            elif all(isinstance(v, int) for v in value):
-                a.ints.extend(value)
-            else:
-                a.floats.extend(value)
+        netdef.add_args(op, args)
         if engine is not None:
             op.engine = engine
         if seed is not None:

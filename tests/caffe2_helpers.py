@@ -3,29 +3,21 @@ builders, and running converted models in ONNX Runtime with the ai.caffe2 plugin
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from caffe2_ort.caffe2 import netdef, schema
+from ort_helpers import shared_path
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 MODELS = REPO / "models"
 ZOO_NETS = ("bvlc_alexnet", "inception_v1", "resnet50")
 
 
 def shared_file(*parts) -> Path:
     """A path under ../shared (beside the repository): fails when CI=true and it is missing, else skips."""
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        msg = f"shared data expected at {p} (the 'shared' folder beside the repository)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return p
+    return shared_path(*parts)
 
 
 def zoo_net(name):
@@ -42,18 +34,7 @@ def make_net(name="test_net", ops=(), inputs=(), outputs=()):
         type_, ins, outs = spec[:3]
         args = spec[3] if len(spec) > 3 else {}
         op = net.op.add(type=type_, input=ins, output=outs)
-        for key, value in args.items():
-            a = op.arg.add(name=key)
-            if isinstance(value, float):
-                a.f = value
-            elif isinstance(value, int):
-                a.i = value
-            elif isinstance(value, str):
-                a.s = value.encode()
-            elif all(isinstance(v, int) for v in value):
-                a.ints.extend(value)
-            else:
-                a.floats.extend(value)
+        netdef.add_args(op, args)
     return net
 
 

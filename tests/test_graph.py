@@ -12,6 +12,7 @@ from caffe2_ort import graph as G
 from caffe2_ort import reference as R
 from caffe2_ort import reference_ops as ro
 from caffe2_ort.schemas import register_schemas
+from ort_helpers import session as _ort_helpers_session
 
 register_schemas()
 
@@ -22,12 +23,7 @@ def _model(nodes, inputs, outputs, inits=(), opset=17):
 
 
 def _session(model):
-    ort = pytest.importorskip("onnxruntime")
-    try:
-        so = caffe2_ort.register(ort.SessionOptions())
-    except caffe2_ort.LibraryNotFoundError as e:
-        pytest.skip(f"native library not built: {e}")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return _ort_helpers_session(model)
 
 
 def _relu_model(et=TP.FLOAT):

@@ -165,21 +165,11 @@ def _fill(type_, shape, values=None, **args):
     if shape is not None:
         op.arg.add(name="shape", ints=shape)
     if values is not None:
-        a = op.arg.add(name="values")
-        if values and isinstance(values[0], float):
-            a.floats.extend(values)
-        elif values and isinstance(values[0], bytes):
-            a.strings.extend(values)
+        if not values:
+            op.arg.add(name="values")
         else:
-            a.ints.extend(values)
-    for k, v in args.items():
-        a = op.arg.add(name=k)
-        if isinstance(v, float):
-            a.f = v
-        elif isinstance(v, int):
-            a.i = v
-        else:
-            a.ints.extend(v)
+            netdef.add_args(op, {"values": list(values)})
+    netdef.add_args(op, args)
     return op
 
 

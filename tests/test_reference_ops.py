@@ -9,6 +9,7 @@ import caffe2_ort
 from caffe2_ort import reference as R
 from caffe2_ort import reference_ops as ro
 from caffe2_ort.schemas import register_schemas
+from ort_helpers import session as _ort_helpers_session
 
 register_schemas()
 
@@ -21,12 +22,7 @@ def _model(nodes, inputs, outputs):
 
 
 def _ort_session(model):
-    ort = pytest.importorskip("onnxruntime")
-    try:
-        so = caffe2_ort.register(ort.SessionOptions())
-    except caffe2_ort.LibraryNotFoundError as e:
-        pytest.skip(f"native library not built: {e}")
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return _ort_helpers_session(model)
 
 
 def _fwd_bwd_model(et, shape, ratio, is_test=0, seed=11, io_float32=False):

@@ -82,6 +82,13 @@ std::string DropoutConfig::Where() const {
   return os.str();
 }
 
+void CheckMaskCount(const DropoutConfig& config, size_t mask_count, size_t grad_count) {
+  if (mask_count != grad_count) {
+    Fail(ORT_INVALID_ARGUMENT, config.Where(), ": mask has ", mask_count, " elements but dY has ", grad_count,
+         "; they must be equal");
+  }
+}
+
 bool HasInput(const OrtKernelInfo* info, size_t index) {
   size_t count = 0;
   if (!Succeeds(Api().KernelInfo_GetInputCount(info, &count)) || index >= count) return false;

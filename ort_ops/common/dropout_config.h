@@ -36,6 +36,10 @@ struct DropoutConfig {
 // naming the op, the node and the offending value.
 DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed);
 
+// DropoutGrad's default-engine check: the mask must hold as many elements as dY (Caffe2 compared
+// element counts, not shapes). Throws INVALID_ARGUMENT naming the node and both counts.
+void CheckMaskCount(const DropoutConfig& config, size_t mask_count, size_t grad_count);
+
 // Number of the node's inputs/outputs that are present (an empty name marks an absent optional one).
 bool HasInput(const OrtKernelInfo* info, size_t index);
 bool HasOutput(const OrtKernelInfo* info, size_t index);

@@ -30,12 +30,7 @@ void CpuDropoutGrad<E>::Compute(OrtKernelContext* context) {
   const bool* mask = nullptr;
   if (!config_.is_test) {
     auto mask_value = ctx.GetInput(1);
-    const size_t mask_count = mask_value.GetTensorTypeAndShapeInfo().GetElementCount();
-    // Caffe2 compared element counts, not shapes.
-    if (mask_count != n) {
-      Fail(ORT_INVALID_ARGUMENT, config_.Where(), ": mask has ", mask_count, " elements but dY has ", n,
-           "; they must be equal");
-    }
+    CheckMaskCount(config_, mask_value.GetTensorTypeAndShapeInfo().GetElementCount(), n);
     mask = mask_value.GetTensorData<bool>();
   }
 

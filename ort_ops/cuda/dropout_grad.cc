@@ -53,10 +53,8 @@ void CudaDropoutGrad<E>::Compute(OrtKernelContext* context) {
              "reserve space of ", expected, " bytes for dY's ", n, " elements, but it has ", mask_count,
              " elements (a mask from engine '' or from the CPU cannot be used here)");
       }
-    } else if (mask_count != n) {
-      // Caffe2 compared element counts, not shapes.
-      Fail(ORT_INVALID_ARGUMENT, config_.Where(), ": mask has ", mask_count, " elements but dY has ", n,
-           "; they must be equal");
+    } else {
+      CheckMaskCount(config_, mask_count, n);
     }
     mask = mask_value.GetTensorData<bool>();
   }

@@ -272,6 +272,27 @@ def read_tensor_protos(path) -> dict:
 # arguments
 
 
+def add_args(op, args) -> None:
+    """Append Python values as Caffe2 Arguments to an OperatorDef: float -> f, int -> i, str -> s,
+    a sequence of ints -> ints, of bytes -> strings, of floats -> floats."""
+    for key, value in args.items():
+        a = op.arg.add(name=key)
+        if isinstance(value, float):
+            a.f = value
+        elif isinstance(value, int):
+            a.i = value
+        elif isinstance(value, str):
+            a.s = value.encode()
+        elif isinstance(value, bytes):
+            a.s = value
+        elif all(isinstance(v, int) for v in value):
+            a.ints.extend(value)
+        elif all(isinstance(v, bytes) for v in value):
+            a.strings.extend(value)
+        else:
+            a.floats.extend(value)
+
+
 def _arg_value(a):
     if a.HasField("f"):
         return float(a.f)
