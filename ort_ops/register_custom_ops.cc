@@ -77,7 +77,9 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
                           (runtime ? runtime : "of unknown version");
     return oldest->CreateStatus(ORT_NOT_IMPLEMENTED, message.c_str());
   }
-  if (ApiVersion() == 0) SetApi(api, version);
+  // One runtime per process: the first registration fixes the API table for all later ones.
+  static std::once_flag api_once;
+  std::call_once(api_once, [&] { SetApi(api, version); });
 
   return StatusFrom([&] { Ort::ThrowOnError(Api().AddCustomOpDomain(options, BuildDomain(version))); });
 }

@@ -151,3 +151,17 @@ def test_readme_demo_command_through_the_package_entry_point():
         cwd=REPO, capture_output=True, text=True, env=env, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.startswith("error: ") and "Traceback" not in bad.stderr
+
+
+def test_error_binary_value_info(tmp_path, capsys):
+    (tmp_path / "vi.json").write_bytes(bytes(range(256)) + b"\xff\xfe")
+    rc, out, err = run_cli(capsys, "convert", TINY / "predict_net.pbtxt", "--value-info", tmp_path / "vi.json",
+                           "-o", tmp_path / "m.onnx")  # fmt: skip
+    _assert_one_line_error(rc, out, err, "vi.json: not a value_info.json file")
+
+
+def test_error_data_file_that_is_not_npy(tmp_path, capsys):
+    (tmp_path / "x.npy").write_bytes(b"this is not numpy")
+    rc, out, err = run_cli(capsys, "run", TINY / "predict_net.pbtxt", "--value-info", TINY / "value_info.json",
+                           "--data", f"data={tmp_path / 'x.npy'}")  # fmt: skip
+    _assert_one_line_error(rc, out, err, "is not a .npy array file")

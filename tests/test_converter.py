@@ -379,3 +379,20 @@ def test_conv_transpose():
     )  # fmt: skip
     conv, out, ws = check_against_executor(net, blobs, vi(x=[1, 4, 3, 4]))
     assert out["y"].shape == (1, 6, (3 - 1) * 2 + 3 + 1 - 1, (4 - 1) * 3 + 2 - 1)
+
+
+@pytest.mark.parametrize("is_test", [0, 1])
+@pytest.mark.parametrize("dropout", ["caffe2", "onnx"])
+def test_dropout_ratio_one_converts_to_a_runnable_model(is_test, dropout):
+    """ratio = 1 is legal Caffe2; ONNX Dropout refuses it, so the onnx lowering must not emit it."""
+    net = make_net(ops=[("Dropout", ["x"], ["y", "m"], {"ratio": 1.0, "is_test": is_test})],
+                   inputs=["x"], outputs=["y", "m"])  # fmt: skip
+    x = np.array([-1.0, 2.0, np.inf, np.nan, -0.0, 3.5, -7.0, 0.25], np.float32)
+    model = converter.convert(net, None, vi(x=[8]), dropout=dropout).model
+    o = run_ort(model, {"x": x})
+    ws = Executor(net, {}).run({"x": x})
+    np.testing.assert_array_equal(o["m"], ws["m"])
+    assert o["m"].all() if is_test else not o["m"].any()
+    nan = np.isnan(ws["y"])
+    assert np.array_equal(np.isnan(o["y"]), nan)
+    assert np.array_equal(o["y"][~nan].view(np.uint32), ws["y"][~nan].view(np.uint32))  # signed zeros too

@@ -241,3 +241,16 @@ def test_unsupported_op_is_reported():
                     [h.make_tensor_value_info("X", TP.DOUBLE, ["N", 4])], {"W": np.ones((4, 3))}, "S")
     with pytest.raises(NotImplementedError, match="no gradient for Exp.*supported: Gemm"):
         G.build_training_model(m, "loss")
+
+
+def test_to_onnx_dropout_with_ratio_one_in_inference_runs():
+    g = h.make_graph([h.make_node("Relu", ["X"], ["A"])], "net",
+                     [h.make_tensor_value_info("X", TP.FLOAT, [2, 4])],
+                     [h.make_tensor_value_info("A", TP.FLOAT, [2, 4])])  # fmt: skip
+    net = h.make_model(g, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
+    G.add_dropout(net, "X", training=False, ratio=1.0)
+    portable, _ = G.to_onnx_dropout(net, warn=False)
+    assert [n.op_type for n in portable.graph.node] == ["Dropout", "Relu"]
+    x = np.arange(-4, 4, dtype=np.float32).reshape(2, 4)
+    (a,) = _session(portable).run(["A"], {"X": x})
+    np.testing.assert_array_equal(a, np.maximum(x, 0))

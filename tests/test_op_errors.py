@@ -15,7 +15,10 @@ def creation_error(model):
 
 
 @pytest.mark.parametrize("op", ["Dropout", "DropoutGrad"])
-@pytest.mark.parametrize("ratio,shown", [(-0.1, "-0.1"), (1.5, "1.5"), (float("nan"), "nan"), (1.0000001, "1.0000001")])
+@pytest.mark.parametrize(
+    "ratio,shown",
+    [(-0.1, "-0.1"), (1.5, "1.5"), (float("nan"), "nan"), (1.0000001, "1.0000001"), (-1e-45, "-1.4013e-45")],
+)
 def test_bad_ratio_fails_at_session_creation(op, ratio, shown):
     model = (
         plain_dropout_model(name="my_node", ratio=ratio)

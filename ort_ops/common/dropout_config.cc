@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <random>
 #include <sstream>
 #include <vector>
@@ -59,7 +60,7 @@ std::string FormatFloat(float v) {
     std::ostringstream os;
     os.precision(digits);
     os << v;
-    if (std::isnan(v) || std::stof(os.str()) == v) return os.str();
+    if (std::isnan(v) || std::strtof(os.str().c_str(), nullptr) == v) return os.str();
   }
   return std::to_string(v);
 }

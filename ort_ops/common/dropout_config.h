@@ -24,8 +24,9 @@ struct DropoutConfig {
   uint64_t threshold = 0;  // drop iff Philox word < threshold (0 keeps all, 2^32 drops all)
   float scale = 0.0f;      // 1 / (1 - ratio) rounded to float; 0 when ratio = 1
 
-  // Training runs that need random numbers (test mode and ratio = 0 consume nothing).
-  bool DrawsRandom() const { return !is_test && threshold != 0; }
+  // Training runs with ratio != 0 advance the node's counter; test mode and ratio = 0 consume nothing
+  // (a ratio below 2^-32 consumes too, although its threshold of 0 keeps every element).
+  bool ConsumesCounter() const { return !is_test && ratio != 0.0f; }
   bool DropsAll() const { return threshold >= (uint64_t{1} << 32); }
   PhiloxKey Key() const { return PhiloxKeyFromSeed(seed); }
   // "ai.caffe2 Dropout node 'name'" for error messages.

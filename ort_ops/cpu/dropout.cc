@@ -45,11 +45,11 @@ void CpuDropout<E>::Compute(OrtKernelContext* context) {
     return;
   }
 
-  const uint64_t base = config_.DrawsRandom() ? counter_.Reserve(DropoutBlocksFor(n)) : 0;
+  const uint64_t base = config_.ConsumesCounter() ? counter_.Reserve(DropoutBlocksFor(n)) : 0;
   const bool streaming = n * sizeof(Storage) >= kStreamingBytes;
   const PhiloxKey key = config_.Key();
   const float scale = config_.scale;
-  const bool draws = config_.DrawsRandom() && !config_.DropsAll();
+  const bool draws = config_.ConsumesCounter() && config_.threshold != 0 && !config_.DropsAll();
   const uint64_t constant_bits = config_.threshold == 0 ? ~uint64_t{0} : 0;  // ratio 0 keeps, ratio 1 drops
   const uint32_t threshold = static_cast<uint32_t>(config_.threshold);
   const CpuIsa isa = isa_;

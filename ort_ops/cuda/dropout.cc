@@ -70,7 +70,7 @@ void CudaDropout<E>::Compute(OrtKernelContext* context) {
 
   ForwardParams params;
   params.n = n;
-  params.base = config_.DrawsRandom() ? counter_.Reserve(DropoutBlocksFor(n)) : 0;
+  params.base = config_.ConsumesCounter() ? counter_.Reserve(DropoutBlocksFor(n)) : 0;
   params.key = config_.Key();
   params.threshold = config_.threshold;
   params.scale = config_.scale;

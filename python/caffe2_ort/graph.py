@@ -440,7 +440,9 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
                 new_nodes.append(n)
                 continue
             r, tm = names(f"{label}_ratio"), names(f"{label}_training_mode")
-            g.initializer.extend([numpy_helper.from_array(np.array(ratio, np.float32), r),
+            # In inference ONNX Dropout ignores ratio, but ORT still demands ratio < 1.
+            onnx_ratio = 0.0 if ratio >= 1.0 else ratio
+            g.initializer.extend([numpy_helper.from_array(np.array(onnx_ratio, np.float32), r),
                                   numpy_helper.from_array(np.array(not is_test), tm)])
             kw = {"seed": int(a["seed"])} if "seed" in a else {}
             seeds |= "seed" in a

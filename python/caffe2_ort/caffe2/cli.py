@@ -270,7 +270,10 @@ def cmd_run(args) -> int:
         name, sep, file = item.partition("=")
         if not sep or name not in specs:
             raise Caffe2Error(f"--data {item!r}: expected NAME=FILE.npy with NAME one of {', '.join(specs)}")
-        arr = np.load(file)
+        try:
+            arr = np.load(file, allow_pickle=False)
+        except (ValueError, EOFError) as e:  # not a .npy file, or a pickled array
+            raise Caffe2Error(f"--data {item!r}: {file} is not a .npy array file ({e})") from None
         if arr.shape != tuple(specs[name][1]):
             raise Caffe2Error(f"--data {item!r}: shape {list(arr.shape)}, the model wants {list(specs[name][1])}")
         feeds[name] = arr.astype(specs[name][0])

@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 
 from . import shapes as S
 from .errors import Caffe2Error, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError
+from . import netdef
 from .netdef import NUMPY_TO_ONNX, Args, evaluate_init_net
 
 CAFFE2_DOMAIN = "ai.caffe2"
@@ -47,20 +48,6 @@ class Conversion:
     inputs: dict  # graph input name -> (numpy dtype, shape)
     outputs: list  # graph output names
     notes: list = field(default_factory=list)  # things the user may want to know (dropped outputs, ...)
-
-
-def effective_seed(op, net):
-    """The Dropout seed Caffe2 would use: the op's device_option.random_seed, or the net's when the op
-    has no device_option (Caffe2 copies the net's option only to ops that lack one); None when unset,
-    except under engine CUDNN, whose descriptor was seeded with 0 when no seed was set."""
-    dopt = None
-    if op.HasField("device_option"):
-        dopt = op.device_option
-    elif net is not None and net.HasField("device_option"):
-        dopt = net.device_option
-    if dopt is not None and dopt.HasField("random_seed"):
-        return int(dopt.random_seed)
-    return 0 if op.engine == "CUDNN" else None
 
 
 def _first_readers(net):
@@ -461,7 +448,7 @@ def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, rea
     if t == "Dropout":
         ratio = args.float("ratio", 0.5)
         is_test = args.int("is_test", 0)
-        seed = effective_seed(op, net)
+        seed = netdef.dropout_seed(op, net)
         if dropout == "caffe2":
             attrs = dict(ratio=ratio, is_test=is_test)
             if op.engine:
@@ -469,8 +456,22 @@ def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, rea
             if seed is not None:
                 attrs["seed"] = seed
             g.node("Dropout", xin[:1], list(xout[:2]), node_name, domain=CAFFE2_DOMAIN, **attrs)
+        elif not is_test and ratio >= 1.0:
+            # ONNX Dropout needs ratio < 1. Caffe2's ratio = 1 gives Y = (X * 0) * 0 (signed zeros,
+            # NaN for inf/nan) and an all-false mask: write exactly that.
+            zero = g.const(f"{node_name}_zero", np.asarray(0, dtype=x.dtype))
+            scaled = g.fresh(f"{xout[0]}_scaled")
+            g.node("Mul", [xin[0], zero], [scaled], node_name + "_scale")
+            g.node("Mul", [scaled, zero], xout[:1], node_name)
+            if len(xout) > 1 and xout[1]:
+                shape = g.fresh(f"{xout[1]}_shape")
+                g.node("Shape", [xin[0]], [shape], node_name + "_shape")
+                g.node("ConstantOfShape", [shape], [xout[1]], node_name + "_mask",
+                       value=numpy_helper.from_array(np.zeros(1, dtype=bool)))
+                g.infos[xout[1]] = S.Info(np.dtype(bool), tuple(x.shape))
         else:
-            r = g.const(f"{node_name}_ratio", np.asarray(ratio, dtype=x.dtype))
+            # In inference ONNX Dropout ignores ratio, but ORT still demands ratio < 1.
+            r = g.const(f"{node_name}_ratio", np.asarray(0.0 if ratio >= 1.0 else ratio, dtype=x.dtype))
             tm = g.const(f"{node_name}_training_mode", np.asarray(not is_test, dtype=bool))
             attrs = {} if seed is None else {"seed": seed}
             g.node("Dropout", [xin[0], r, tm], list(xout[:2]), node_name, **attrs)

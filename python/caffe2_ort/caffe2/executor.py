@@ -24,6 +24,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import reference
 from .errors import Caffe2Error, ShapeError, UnsupportedOpsError
+from . import netdef
 from .netdef import Args
 
 _OPS = {}
@@ -57,16 +58,10 @@ class Executor:
 
     def _stream(self, k, op):
         if k not in self._streams:
-            dopt = op.device_option if op.HasField("device_option") else (
-                self.net.device_option if self.net.HasField("device_option") else None
-            )
-            if dopt is not None and dopt.HasField("random_seed"):
-                seed = int(dopt.random_seed)
-            elif op.engine == "CUDNN":
-                seed = 0
-            elif self._default_seed is not None:
+            seed = netdef.dropout_seed(op, self.net)
+            if seed is None and self._default_seed is not None:
                 seed = int(self._default_seed)
-            else:
+            elif seed is None:
                 seed = int(np.random.default_rng().integers(0, 2**63))
             self._streams[k] = reference.DropoutStream(seed)
         return self._streams[k]

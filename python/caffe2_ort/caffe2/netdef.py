@@ -167,6 +167,8 @@ def read_value_info(path) -> dict:
         raise NetDefFormatError(f"{p}: cannot read ({e.strerror or e})") from None
     except json.JSONDecodeError as e:
         raise NetDefFormatError(f"{p}: not JSON ({e})") from None
+    except UnicodeDecodeError:
+        raise NetDefFormatError(f"{p}: not a value_info.json file (not UTF-8 text)") from None
     return parse_value_info(raw, source=str(p))
 
 
@@ -270,6 +272,20 @@ def read_tensor_protos(path) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # arguments
+
+
+def dropout_seed(op, net):
+    """The Dropout seed Caffe2 would use: the op's device_option.random_seed, or the net's when the op
+    has no device_option (Caffe2 copies the net's option only to ops that lack one); None when unset,
+    except under engine CUDNN, whose descriptor was seeded with 0 when no seed was set."""
+    dopt = None
+    if op.HasField("device_option"):
+        dopt = op.device_option
+    elif net is not None and net.HasField("device_option"):
+        dopt = net.device_option
+    if dopt is not None and dopt.HasField("random_seed"):
+        return int(dopt.random_seed)
+    return 0 if op.engine == "CUDNN" else None
 
 
 def add_args(op, args) -> None:
