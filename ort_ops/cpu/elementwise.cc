@@ -2,10 +2,7 @@
 
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define C2ORT_X86 1
-#include <immintrin.h>
-#endif
+#include "cpu/isa.h"
 
 namespace caffe2_ort {
 namespace {
@@ -58,20 +55,18 @@ void ApplyMaskGradPortable(const typename ElemTraits<E>::Storage* dy, const bool
 }
 
 #if C2ORT_X86
-#define C2ORT_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2")))
-#define C2ORT_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2"), always_inline)) inline
 
 // 16 floats in, 16 floats out: (x * s) * m.
-C2ORT_AVX512_INLINE __m512 Scale16(__m512 x, __m512 s, __mmask16 keep) {
+C2ORT_INLINE_AVX512 __m512 Scale16(__m512 x, __m512 s, __mmask16 keep) {
   return _mm512_mul_ps(_mm512_mul_ps(x, s), _mm512_maskz_mov_ps(keep, _mm512_set1_ps(1.0f)));
 }
 
-C2ORT_AVX512_INLINE __m512 LoadBf16(const uint16_t* p) {
+C2ORT_INLINE_AVX512 __m512 LoadBf16(const uint16_t* p) {
   const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
   return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
 }
 
-C2ORT_AVX512_INLINE __m256i ToBf16(__m512 v) {
+C2ORT_INLINE_AVX512 __m256i ToBf16(__m512 v) {
   const __m512i u = _mm512_castps_si512(v);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
@@ -81,7 +76,7 @@ C2ORT_AVX512_INLINE __m256i ToBf16(__m512 v) {
 }
 
 template <Elem E>
-C2ORT_AVX512_FN void ApplyKeepBitsAvx512(const typename ElemTraits<E>::Storage* x,
+C2ORT_TARGET_AVX512 void ApplyKeepBitsAvx512(const typename ElemTraits<E>::Storage* x,
                                          typename ElemTraits<E>::Storage* y, bool* mask, size_t n,
                                          const uint64_t* bits, float scale, bool streaming) {
   const __m512 s = _mm512_set1_ps(scale);
@@ -136,7 +131,7 @@ C2ORT_AVX512_FN void ApplyKeepBitsAvx512(const typename ElemTraits<E>::Storage* 
 }
 
 template <Elem E>
-C2ORT_AVX512_FN void ApplyMaskGradAvx512(const typename ElemTraits<E>::Storage* dy, const bool* mask,
+C2ORT_TARGET_AVX512 void ApplyMaskGradAvx512(const typename ElemTraits<E>::Storage* dy, const bool* mask,
                                          typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
   const __m512 s = _mm512_set1_ps(scale);
   const __m512 one = _mm512_set1_ps(1.0f);

@@ -3,10 +3,7 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#define C2ORT_X86 1
-#include <immintrin.h>
-#endif
+#include "cpu/isa.h"
 
 namespace caffe2_ort {
 namespace {
@@ -26,22 +23,20 @@ void KeepBitsScalar(PhiloxKey key, uint64_t first_block, size_t words, uint32_t 
 
 #if C2ORT_X86
 
-#define C2ORT_AVX2 __attribute__((target("avx2"), always_inline)) inline
-#define C2ORT_AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2"), always_inline)) inline
 
 // ---------------------------------------------------------------- AVX2: 8 blocks per vector
 struct Philox8 {
   __m256i w0, w1, w2, w3;
 };
 
-C2ORT_AVX2 void MulHiLo8(__m256i a, __m256i m, __m256i* hi, __m256i* lo) {
+C2ORT_INLINE_AVX2 void MulHiLo8(__m256i a, __m256i m, __m256i* hi, __m256i* lo) {
   const __m256i even = _mm256_mul_epu32(a, m);                         // lanes 0,2,4,6 as 64-bit
   const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);  // lanes 1,3,5,7
   *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
   *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-C2ORT_AVX2 Philox8 Philox8Rounds(__m256i c0, __m256i c1, PhiloxKey key) {
+C2ORT_INLINE_AVX2 Philox8 Philox8Rounds(__m256i c0, __m256i c1, PhiloxKey key) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
   __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
@@ -65,7 +60,7 @@ C2ORT_AVX2 Philox8 Philox8Rounds(__m256i c0, __m256i c1, PhiloxKey key) {
 }
 
 // Counters (b mod 2^32, b / 2^32) for blocks b = first + 0..7, carrying into the high word.
-C2ORT_AVX2 void Counters8(uint64_t first, __m256i* lo, __m256i* hi) {
+C2ORT_INLINE_AVX2 void Counters8(uint64_t first, __m256i* lo, __m256i* hi) {
   const __m256i base_lo = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(first)));
   const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   *lo = _mm256_add_epi32(base_lo, lanes);
@@ -76,13 +71,13 @@ C2ORT_AVX2 void Counters8(uint64_t first, __m256i* lo, __m256i* hi) {
 }
 
 // 8 keep bits of 8 consecutive elements held in one vector.
-C2ORT_AVX2 uint32_t Keep8(__m256i r, __m256i t) {
+C2ORT_INLINE_AVX2 uint32_t Keep8(__m256i r, __m256i t) {
   const __m256i kept = _mm256_cmpeq_epi32(_mm256_max_epu32(r, t), r);  // r >= t, unsigned
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(kept)));
 }
 
 // 32 keep bits of the 32 elements fed by 8 blocks (element 4 j + k is word k of block j).
-C2ORT_AVX2 uint32_t Keep32(const Philox8& r, __m256i t) {
+C2ORT_INLINE_AVX2 uint32_t Keep32(const Philox8& r, __m256i t) {
   const __m256i t0 = _mm256_unpacklo_epi32(r.w0, r.w1);
   const __m256i t1 = _mm256_unpacklo_epi32(r.w2, r.w3);
   const __m256i t2 = _mm256_unpackhi_epi32(r.w0, r.w1);
@@ -98,7 +93,7 @@ C2ORT_AVX2 uint32_t Keep32(const Philox8& r, __m256i t) {
   return e0 | (e1 << 8) | (e2 << 16) | (e3 << 24);
 }
 
-__attribute__((target("avx2"))) void KeepBitsAvx2(PhiloxKey key, uint64_t first_block, size_t words,
+C2ORT_TARGET_AVX2 void KeepBitsAvx2(PhiloxKey key, uint64_t first_block, size_t words,
                                                   uint32_t threshold, uint64_t* bits) {
   const __m256i t = _mm256_set1_epi32(static_cast<int>(threshold));
   for (size_t w = 0; w < words; ++w) {
@@ -120,7 +115,7 @@ struct Philox8Blocks {
   __m512i w0, w1, w2, w3;
 };
 
-C2ORT_AVX512 Philox8Blocks Philox8BlockRounds(uint64_t first_block, PhiloxKey key) {
+C2ORT_INLINE_AVX512 Philox8Blocks Philox8BlockRounds(uint64_t first_block, PhiloxKey key) {
   const __m512i m0 = _mm512_set1_epi64(kPhiloxM0);
   const __m512i m1 = _mm512_set1_epi64(kPhiloxM1);
   const __m512i blocks = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(first_block)),
@@ -148,7 +143,7 @@ C2ORT_AVX512 Philox8Blocks Philox8BlockRounds(uint64_t first_block, PhiloxKey ke
 
 // 64 keep bits from 16 blocks (two vectors of 8): word k of block j is element 4 j + k, so the
 // four 16-bit compare masks interleave bit by bit.
-C2ORT_AVX512 uint64_t Keep64(const Philox8Blocks& a, const Philox8Blocks& b, __m512i t) {
+C2ORT_INLINE_AVX512 uint64_t Keep64(const Philox8Blocks& a, const Philox8Blocks& b, __m512i t) {
   const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const uint64_t k0 = _mm512_cmpge_epu32_mask(_mm512_permutex2var_epi32(a.w0, low_halves, b.w0), t);
   const uint64_t k1 = _mm512_cmpge_epu32_mask(_mm512_permutex2var_epi32(a.w1, low_halves, b.w1), t);
@@ -158,7 +153,7 @@ C2ORT_AVX512 uint64_t Keep64(const Philox8Blocks& a, const Philox8Blocks& b, __m
          _pdep_u64(k2, 0x4444444444444444ull) | _pdep_u64(k3, 0x8888888888888888ull);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,bmi2"))) void KeepBitsAvx512(
+C2ORT_TARGET_AVX512 void KeepBitsAvx512(
     PhiloxKey key, uint64_t first_block, size_t words, uint32_t threshold, uint64_t* bits) {
   const __m512i t = _mm512_set1_epi32(static_cast<int>(threshold));
   size_t w = 0;

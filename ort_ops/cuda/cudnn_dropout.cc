@@ -4,20 +4,11 @@
 #include <utility>
 
 #include "common/errors.h"
+#include "cuda/cuda_check.h"
 
 namespace caffe2_ort {
 namespace cuda {
 namespace {
-
-void CheckCudnn(cudnnStatus_t status, const std::string& where, const char* call) {
-  if (status != CUDNN_STATUS_SUCCESS) {
-    Fail(ORT_EP_FAIL, where, ": ", call, " failed: ", cudnnGetErrorString(status));
-  }
-}
-
-void CheckCuda(cudaError_t err, const std::string& where, const char* call) {
-  if (err != cudaSuccess) Fail(ORT_EP_FAIL, where, ": ", call, " failed: ", cudaGetErrorString(err));
-}
 
 // The whole tensor as one (n, 1, 1, 1) NCHW tensor, as Caffe2 described it to cuDNN.
 class TensorDesc {

@@ -1,6 +1,7 @@
 #include "cuda/cudnn_handle.h"
 
 #include "common/errors.h"
+#include "cuda/cuda_check.h"
 
 namespace caffe2_ort {
 namespace cuda {
@@ -13,10 +14,6 @@ namespace {
 // any version up to its own, so asking with version 1 works on every release that has the call.
 constexpr int kOrtCudaResourceVersion = 1;
 constexpr int kOrtCudnnHandleResource = 10001;
-
-void Check(cudnnStatus_t status, const std::string& where, const char* call) {
-  if (status != CUDNN_STATUS_SUCCESS) Fail(ORT_EP_FAIL, where, ": ", call, " failed: ", cudnnGetErrorString(status));
-}
 
 }  // namespace
 
@@ -42,8 +39,8 @@ cudnnHandle_t CudnnHandleSource::OrtHandle(OrtKernelContext* context, cudaStream
 }
 
 cudnnHandle_t CudnnHandleSource::OwnHandle(cudaStream_t stream, const std::string& where) {
-  if (own_ == nullptr) Check(cudnnCreate(&own_), where, "cudnnCreate");
-  Check(cudnnSetStream(own_, stream), where, "cudnnSetStream");
+  if (own_ == nullptr) CheckCudnn(cudnnCreate(&own_), where, "cudnnCreate");
+  CheckCudnn(cudnnSetStream(own_, stream), where, "cudnnSetStream");
   return own_;
 }
 

@@ -182,6 +182,7 @@ def prepare_for_pyop(model):
     """A copy of ``model`` that the PyOp fallback can run: explicit attributes, a ``node_key`` per
     Dropout, a random seed for seedless nodes, a mask output on every Dropout and a mask input on
     every DropoutGrad (a constant, ignored in test mode)."""
+    prepared_id = secrets.token_hex(8)  # unique per call: id(model) can be reused after GC
     from onnx import TensorProto, helper
 
     from .graph import _Names, _set_attr
@@ -200,7 +201,7 @@ def prepare_for_pyop(model):
         if n.op_type == "Dropout":
             if "seed" not in have:
                 _set_attr(n, "seed", secrets.randbits(63))
-            _set_attr(n, "node_key", f"{id(model)}:{i}:{n.name or n.output[0]}")
+            _set_attr(n, "node_key", f"{prepared_id}:{i}:{n.name or n.output[0]}")
             if len(n.output) < 2 or not n.output[1]:
                 del n.output[1:]
                 n.output.append(names(f"{n.output[0]}_pyop_mask"))
