@@ -14,9 +14,12 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "common/errors.h"
+#include "common/op_list.h"
 #include "common/ort_api.h"
 
 namespace caffe2_ort {
@@ -119,5 +122,25 @@ class KernelOp : public OrtCustomOp {
   static const KernelOp& Self(const OrtCustomOp* op) { return *static_cast<const KernelOp*>(op); }
   OpSignature sig_;
 };
+
+// Registers Dropout<E> and DropoutGrad<E> kernels of one execution provider for every element type:
+// Dropout(X: T) -> (Y: T, mask: bool, optional); DropoutGrad(dY: T, mask: bool, optional) -> dX: T.
+template <template <Elem> class DropoutKernel, template <Elem> class GradKernel>
+void AddDropoutOps(const char* provider, uint32_t api_version, OpList& ops,
+                   OrtStatusPtr (*infer_dropout_shape)(OrtShapeInferContext*)) {
+  auto add = [&](auto elem) {
+    constexpr Elem E = decltype(elem)::value;
+    constexpr ONNXTensorElementDataType T = OnnxType<E>();
+    constexpr ONNXTensorElementDataType kBool = ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+    OpSignature dropout{"Dropout", provider, {{T, false}}, {{T, false}, {kBool, true}}, infer_dropout_shape};
+    OpSignature grad{"DropoutGrad", provider, {{T, false}, {kBool, true}}, {{T, false}}, nullptr};
+    ops.push_back(std::make_shared<KernelOp<DropoutKernel<E>>>(dropout, api_version));
+    ops.push_back(std::make_shared<KernelOp<GradKernel<E>>>(grad, api_version));
+  };
+  add(std::integral_constant<Elem, Elem::kFloat>{});
+  add(std::integral_constant<Elem, Elem::kDouble>{});
+  add(std::integral_constant<Elem, Elem::kHalf>{});
+  add(std::integral_constant<Elem, Elem::kBFloat16>{});
+}
 
 }  // namespace caffe2_ort

@@ -83,6 +83,13 @@ std::string DropoutConfig::Where() const {
   return os.str();
 }
 
+void RequireTrainingMask(const DropoutConfig& config, bool has_mask) {
+  if (!config.is_test && !has_mask) {
+    Fail(ORT_INVALID_ARGUMENT, config.Where(),
+         ": training mode (is_test = 0) needs the mask input (input 1, the forward Dropout's mask)");
+  }
+}
+
 void CheckMaskCount(const DropoutConfig& config, size_t mask_count, size_t grad_count) {
   if (mask_count != grad_count) {
     Fail(ORT_INVALID_ARGUMENT, config.Where(), ": mask has ", mask_count, " elements but dY has ", grad_count,

@@ -37,6 +37,9 @@ struct DropoutConfig {
 // naming the op, the node and the offending value.
 DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed);
 
+// DropoutGrad in training (is_test = 0) needs its mask input; throws at kernel creation otherwise.
+void RequireTrainingMask(const DropoutConfig& config, bool has_mask);
+
 // DropoutGrad's default-engine check: the mask must hold as many elements as dY (Caffe2 compared
 // element counts, not shapes). Throws INVALID_ARGUMENT naming the node and both counts.
 void CheckMaskCount(const DropoutConfig& config, size_t mask_count, size_t grad_count);

@@ -5,27 +5,9 @@
 #include "cpu/dropout_grad.h"
 
 namespace caffe2_ort {
-namespace {
-
-constexpr const char* kCpu = "CPUExecutionProvider";
-
-template <Elem E>
-void AddForType(uint32_t api_version, OpList& ops) {
-  constexpr ONNXTensorElementDataType T = OnnxType<E>();
-  constexpr ONNXTensorElementDataType kBool = ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
-  OpSignature dropout{"Dropout", kCpu, {{T, false}}, {{T, false}, {kBool, true}}, &InferDropoutShape};
-  OpSignature grad{"DropoutGrad", kCpu, {{T, false}, {kBool, true}}, {{T, false}}, nullptr};
-  ops.push_back(std::make_shared<KernelOp<CpuDropout<E>>>(dropout, api_version));
-  ops.push_back(std::make_shared<KernelOp<CpuDropoutGrad<E>>>(grad, api_version));
-}
-
-}  // namespace
 
 void AddCpuOps(uint32_t api_version, OpList& ops) {
-  AddForType<Elem::kFloat>(api_version, ops);
-  AddForType<Elem::kDouble>(api_version, ops);
-  AddForType<Elem::kHalf>(api_version, ops);
-  AddForType<Elem::kBFloat16>(api_version, ops);
+  AddDropoutOps<CpuDropout, CpuDropoutGrad>("CPUExecutionProvider", api_version, ops, &InferDropoutShape);
 }
 
 }  // namespace caffe2_ort

@@ -13,10 +13,7 @@ template <Elem E>
 CpuDropoutGrad<E>::CpuDropoutGrad(const OrtKernelInfo* info)
     : config_(ReadDropoutConfig(info, "DropoutGrad", /*with_seed=*/false)), has_mask_(HasInput(info, 1)),
       isa_(SelectCpuIsa()) {
-  if (!config_.is_test && !has_mask_) {
-    Fail(ORT_INVALID_ARGUMENT, config_.Where(),
-         ": training mode (is_test = 0) needs the mask input (input 1, the forward Dropout's mask)");
-  }
+  RequireTrainingMask(config_, has_mask_);
 }
 
 template <Elem E>

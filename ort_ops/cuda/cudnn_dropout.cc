@@ -39,6 +39,13 @@ class TensorDesc {
 
 bool CudnnSupports(Elem elem) { return elem != Elem::kBFloat16; }
 
+void RequireCudnnSupport(const std::string& where, Elem elem) {
+  if (CudnnSupports(elem)) return;
+  const char* name = elem == Elem::kBFloat16 ? ElemTraits<Elem::kBFloat16>::kName : "this type";
+  Fail(ORT_NOT_IMPLEMENTED, where, ": engine 'CUDNN' does not support element type ", name,
+       " (cuDNN's dropout has no such kernel); supported: float32, float64, float16. Use engine '' for ", name, ".");
+}
+
 cudnnDataType_t CudnnType(Elem elem) {
   switch (elem) {
     case Elem::kFloat:

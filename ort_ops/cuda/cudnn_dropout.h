@@ -22,6 +22,8 @@ namespace cuda {
 
 // Element types the cuDNN engine accepts (cuDNN's dropout has no bfloat16 kernel).
 bool CudnnSupports(Elem elem);
+// Throws NOT_IMPLEMENTED naming the node and the type when the cuDNN engine cannot take `elem`.
+void RequireCudnnSupport(const std::string& where, Elem elem);
 cudnnDataType_t CudnnType(Elem elem);
 
 class CudnnDropout {

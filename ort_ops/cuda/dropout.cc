@@ -15,11 +15,7 @@ template <Elem E>
 CudaDropout<E>::CudaDropout(const OrtKernelInfo* info)
     : config_(ReadDropoutConfig(info, "Dropout", /*with_seed=*/true)), has_mask_(HasOutput(info, 1)) {
   if (config_.engine == Engine::kCudnn) {
-    if (!CudnnSupports(E)) {
-      Fail(ORT_NOT_IMPLEMENTED, config_.Where(), ": engine 'CUDNN' does not support element type ",
-           ElemTraits<E>::kName, " (cuDNN's dropout has no such kernel); supported: float32, float64, float16. ",
-           "Use engine '' for ", ElemTraits<E>::kName, ".");
-    }
+    RequireCudnnSupport(config_.Where(), E);
     // ratio = 1 runs the default kernel (it drops everything, drawing nothing); cuDNN is not needed.
     if (!config_.is_test && !config_.DropsAll()) {
       cudnn_ = std::make_unique<CudnnDropout>(config_.Where(), E, config_.ratio, config_.seed);

@@ -14,16 +14,9 @@ namespace cuda {
 template <Elem E>
 CudaDropoutGrad<E>::CudaDropoutGrad(const OrtKernelInfo* info)
     : config_(ReadDropoutConfig(info, "DropoutGrad", /*with_seed=*/false)), has_mask_(HasInput(info, 1)) {
-  if (!config_.is_test && !has_mask_) {
-    Fail(ORT_INVALID_ARGUMENT, config_.Where(),
-         ": training mode (is_test = 0) needs the mask input (input 1, the forward Dropout's mask)");
-  }
+  RequireTrainingMask(config_, has_mask_);
   if (config_.engine == Engine::kCudnn) {
-    if (!CudnnSupports(E)) {
-      Fail(ORT_NOT_IMPLEMENTED, config_.Where(), ": engine 'CUDNN' does not support element type ",
-           ElemTraits<E>::kName, " (cuDNN's dropout has no such kernel); supported: float32, float64, float16. ",
-           "Use engine '' for ", ElemTraits<E>::kName, ".");
-    }
+    RequireCudnnSupport(config_.Where(), E);
     if (!config_.is_test && !config_.DropsAll()) {
       cudnn_ = std::make_unique<CudnnDropout>(config_.Where(), E, config_.ratio, /*seed=*/0);
     }

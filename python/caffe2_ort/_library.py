@@ -8,6 +8,7 @@ from pathlib import Path
 
 DOMAIN = "ai.caffe2"
 OPSET_VERSION = 1
+ENGINES = ("", "DEFAULT", "CUDNN")  # accepted values of the engine attribute
 
 _CPU_NAME = "libcaffe2_ort.so"
 _CUDA_NAME = "libcaffe2_ort_cuda.so"  # CPU and CUDA kernels together, one ai.caffe2 domain

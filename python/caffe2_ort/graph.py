@@ -18,8 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from . import reference as _ref
 
-DOMAIN = "ai.caffe2"
-OPSET_VERSION = 1
+from ._library import DOMAIN, OPSET_VERSION
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -25,8 +25,7 @@ from onnx.reference.op_run import OpRun
 
 from . import reference as _ref
 
-DOMAIN = "ai.caffe2"
-ENGINES = ("", "DEFAULT", "CUDNN")
+from ._library import DOMAIN, ENGINES
 
 
 def _text(v):

@@ -25,9 +25,7 @@ import atexit
 import math
 import warnings
 
-DOMAIN = "ai.caffe2"
-OPSET_VERSION = 1
-ENGINES = ("", "DEFAULT", "CUDNN")
+from ._library import DOMAIN, ENGINES, OPSET_VERSION
 FLOAT_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")
 
 # Marks the schemas as ours, so a second registration can tell them from someone else's.

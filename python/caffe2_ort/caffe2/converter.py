@@ -29,7 +29,7 @@ from .errors import Caffe2Error, MissingValueInfoError, MissingWeightError, Shap
 from . import netdef
 from .netdef import NUMPY_TO_ONNX, Args, evaluate_init_net
 
-CAFFE2_DOMAIN = "ai.caffe2"
+from .._library import DOMAIN as CAFFE2_DOMAIN
 CAFFE2_OPSET = 1
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # Softmax on one axis, Dropout's ratio/training_mode inputs
