@@ -108,7 +108,7 @@ message(STATUS "caffe2-ort: CUDA build ON: nvcc ${CMAKE_CUDA_COMPILER_VERSION}, 
 # Device code and the cuDNN helper, shared by the plugin and the testing library.
 add_library(caffe2_ort_cuda_kernels OBJECT
   ort_ops/cuda/dropout_impl.cu
-  ort_ops/cuda/cudnn_dropout.cc)
+  ort_ops/cuda/dropout_cudnn.cc)
 target_include_directories(caffe2_ort_cuda_kernels PUBLIC ort_ops "${ORT_INCLUDE_DIR}" "${CAFFE2_ORT_CUDNN_INCLUDE_DIR}")
 target_link_libraries(caffe2_ort_cuda_kernels PUBLIC CUDA::toolkit)
 # --Werror default-stream-launch: a kernel launched without a stream fails the build (all work goes
@@ -121,7 +121,7 @@ set(_c2ort_cuda_rpath "$ORIGIN/../../nvidia/cudnn/lib;${CAFFE2_ORT_CUDNN_LIB_DIR
 
 add_library(caffe2_ort_cuda SHARED
   ort_ops/register_custom_ops.cc
-  ort_ops/cuda/cudnn_handle.cc
+  ort_ops/cuda/dnn_handle.cc
   ort_ops/cuda/dropout.cc
   ort_ops/cuda/dropout_grad.cc
   ort_ops/cuda/cuda_ops.cc

@@ -8,8 +8,8 @@
 #include "common/dropout_config.h"
 #include "common/element_types.h"
 #include "common/ort_api.h"
-#include "cuda/cudnn_dropout.h"
-#include "cuda/cudnn_handle.h"
+#include "cuda/dropout_cudnn.h"
+#include "cuda/dnn_handle.h"
 
 namespace caffe2_ort {
 namespace cuda {

@@ -14,7 +14,7 @@
 
 #include "common/dropout_math.h"
 #include "common/philox.h"
-#include "cuda/cudnn_dropout.h"
+#include "cuda/dropout_cudnn.h"
 #include "cuda/dropout_impl.cuh"
 
 #define C2ORT_TEST_API extern "C" __attribute__((visibility("default")))

@@ -1,4 +1,4 @@
-#include "cuda/cudnn_handle.h"
+#include "cuda/dnn_handle.h"
 
 #include "common/errors.h"
 #include "cuda/cuda_check.h"

@@ -1,4 +1,4 @@
-#include "cuda/cudnn_dropout.h"
+#include "cuda/dropout_cudnn.h"
 
 #include <climits>
 #include <utility>
