@@ -1,9 +1,9 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   build everything, convert a bundled Caffe2 net, run it in ONNX Runtime with the ai.caffe2 ops
 #   make test   build everything and run the whole test suite
-# Both create ./.venv (Python >= 3.9 with venv), install the package and its test dependencies into it
-# (pip builds the native plugin with CMake; ORT's headers are fetched on the first build) and, where
-# nvcc is found, also build the CUDA plugin.
+# Both create ./.venv (Python >= 3.9 with venv) and install the package and its test dependencies into
+# it (pip builds the native plugin with CMake; ORT's headers are fetched on the first build). Where nvcc
+# is found, `make test` also builds the CUDA plugin.
 
 PYTHON ?= python3
 VENV ?= .venv
