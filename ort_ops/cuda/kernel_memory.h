@@ -32,12 +32,13 @@ constexpr uint32_t kOrtApiKernelAllocator = 18;
 inline bool RuntimeHasKernelAllocator() { return ApiVersion() >= kOrtApiKernelAllocator; }
 
 // Makes `device` current for the scope (kernel creation may run on a thread whose current device
-// is another one).
+// is another one). Always sets it: that also makes the device's primary context current on this
+// thread for cuDNN, whatever this library's (static) cudart has seen before.
 class ScopedDevice {
  public:
   ScopedDevice(int device, const std::string& where) {
     CheckCuda(cudaGetDevice(&previous_), where, "cudaGetDevice");
-    if (device != previous_) CheckCuda(cudaSetDevice(device), where, "cudaSetDevice");
+    CheckCuda(cudaSetDevice(device), where, "cudaSetDevice");
   }
   ~ScopedDevice() { (void)cudaSetDevice(previous_); }
   ScopedDevice(const ScopedDevice&) = delete;

@@ -22,12 +22,15 @@
 # (default build/gpu), CAFFE2_ORT_CUDA_ARCHS (default: this GPU's), GPU_CHECKS_ARGS, BENCH_ARGS,
 # PYTEST_ARGS.
 #
-# On the workplace's lent GPU machine (the `run` tool): prepare here once
-#   bash ../shared/tools/ort-gpu-carry.sh prepare build/ortgpu     # build/ is git-ignored
-# then send the parts one call at a time while the machine stays warm (each call's carry list:
-# the part, plus SHA256SUMS and ort-gpu-carry.sh with the first), and in the last call carry
-# .cache/ort-headers with the last part and run
-#   OUT=$OUT bash tests/gpu/run_all.sh
+# On the workplace's lent GPU machine (the `run` tool; it sends the lead's checkout, so this script
+# must be there): prepare here once (build/ is git-ignored)
+#   bash ../shared/tools/ort-gpu-carry.sh prepare build/ortgpu         # 4 parts of <= 48 MiB (1.31.1)
+#   mkdir -p build/shared/caffe2_models && cp -r ../shared/caffe2_models/bvlc_alexnet build/shared/caffe2_models/
+# then send the parts one call at a time while the machine stays warm (it goes back after 30 s idle):
+#   carry [build/ortgpu/part.00, build/ortgpu/SHA256SUMS, build/ortgpu/ort-gpu-carry.sh]   command: ls build/ortgpu
+#   carry [build/ortgpu/part.01] ... carry [build/ortgpu/part.02]                          command: ls build/ortgpu
+#   carry [build/ortgpu/part.03, .cache/ort-headers, build/shared]   command: OUT=$OUT bash tests/gpu/run_all.sh
+# (timeout_s 600; the run itself takes about 5-8 minutes on an H200).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 PY=${PYTHON:-python3}
@@ -84,6 +87,13 @@ EOF
 )
 [[ -n "$nvlibs" ]] && export LD_LIBRARY_PATH="$nvlibs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
+# ../shared (the zoo nets for the AlexNet test) does not travel to a lent machine: a copy carried in
+# build/shared stands in for it.
+if [[ ! -e "$ROOT/../shared" && -d "$ROOT/build/shared" ]]; then
+  ln -s "$ROOT/build/shared" "$ROOT/../shared" && say "../shared: linked to build/shared"
+fi
+[[ -d "$ROOT/../shared/caffe2_models" ]] || say "../shared/caffe2_models missing: the AlexNet test will skip"
+
 if [[ -z "${ORT_INCLUDE_DIR:-}" && -f "$ROOT/.cache/ort-headers/root/usr/include/onnxruntime/onnxruntime_c_api.h" ]]; then
   ORT_INCLUDE_DIR="$ROOT/.cache/ort-headers/root/usr/include/onnxruntime"
 fi
@@ -129,7 +139,9 @@ start=$(date +%s)
 rc=$?
 [[ $rc -ne 0 ]] && status=1
 say "pytest (test_cuda_build, test_cuda_ort; $(($(date +%s) - start)) s, rc $rc): $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|skipped)' "$OUT/pytest.log" | tail -1)"
-grep -E '^(FAILED|ERROR|SKIPPED)' "$OUT/pytest.log" | head -40 | tee -a "$SUMMARY"
+grep -E '^(FAILED|ERROR)' "$OUT/pytest.log" | head -40 | tee -a "$SUMMARY"
+grep -E '^SKIPPED' "$OUT/pytest.log" | sed -E 's/^SKIPPED \[([0-9]+)\] [^ ]+: /\1 skipped: /' \
+  | awk '{n = $1; $1 = ""; c[$0] += n} END {for (r in c) print "  " c[r] r}' | tee -a "$SUMMARY"
 
 start=$(date +%s)
 "$PY" "$ROOT/tests/gpu/gpu_checks.py" --lib "$BUILD/libcaffe2_ort_cuda_testing.so" --out "$OUT" ${GPU_CHECKS_ARGS:-} \
@@ -138,6 +150,7 @@ rc=$?
 [[ $rc -ne 0 ]] && status=1
 say "gpu_checks ($(($(date +%s) - start)) s, rc $rc): $(grep -E '^checks:' "$OUT/gpu_checks.log" | tail -1)"
 grep -E 'FAILED:|^\(b\) cuDNN' "$OUT/gpu_checks.log" | head -20 | tee -a "$SUMMARY"
+[[ $rc -ne 0 ]] && tail -3 "$OUT/gpu_checks.log" | tee -a "$SUMMARY"
 
 # ---------------------------------------------------------------------------------------- benchmark
 start=$(date +%s)
