@@ -284,7 +284,7 @@ def test_iobinding_with_device_buffers(gpu, dtype):
     io = cuda.io_binding()
     xv = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
     outs = {name: ort.OrtValue.ortvalue_from_shape_and_type(x.shape, dt, "cuda", 0)
-            for name, dt in (("Y", x.dtype), ("mask", np.bool_), ("dX", x.dtype))}
+            for name, dt in (("Y", x.dtype.type), ("mask", np.bool_), ("dX", x.dtype.type))}
     io.bind_ortvalue_input("X", xv)
     for name, v in outs.items():
         io.bind_ortvalue_output(name, v)
