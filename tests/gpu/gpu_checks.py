@@ -394,6 +394,7 @@ class Checks:
             self.expect(np.array_equal(mm.cpu().numpy(), keep.astype(np.uint8)), f"device counter {tag}: mask")
             self.expect(self.same_bits(yy.cpu().numpy(), y_ref), f"device counter {tag}: Y")
 
+        torch.cuda.synchronize()  # buffers made on the default stream are ready
         with torch.cuda.stream(self.stream):
             for k in range(3):
                 launch(self.sp)
@@ -416,6 +417,7 @@ class Checks:
         # two streams at once, each with its own slot: disjoint consecutive ranges
         s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
         y2, m2 = torch.empty_like(y), torch.empty_like(m)
+        torch.cuda.synchronize()
         launch(s1.cuda_stream, 0, y, m)
         launch(s2.cuda_stream, 1, y2, m2)
         torch.cuda.synchronize()
