@@ -17,6 +17,10 @@ constexpr int kOrtCudnnHandleResource = 10001;
 
 }  // namespace
 
+CudnnHandleSource::CudnnHandleSource(const std::string& where) {
+  CheckCudnn(cudnnCreate(&own_), where, "cudnnCreate");
+}
+
 CudnnHandleSource::~CudnnHandleSource() {
   if (own_ != nullptr) cudnnDestroy(own_);
 }
@@ -38,10 +42,8 @@ cudnnHandle_t CudnnHandleSource::OrtHandle(OrtKernelContext* context, cudaStream
   return handle;
 }
 
-cudnnHandle_t CudnnHandleSource::OwnHandle(cudaStream_t stream, const std::string& where) {
-  if (own_ == nullptr) CheckCudnn(cudnnCreate(&own_), where, "cudnnCreate");
+void CudnnHandleSource::BindOwn(cudaStream_t stream, const std::string& where) {
   CheckCudnn(cudnnSetStream(own_, stream), where, "cudnnSetStream");
-  return own_;
 }
 
 }  // namespace cuda

@@ -14,15 +14,20 @@ namespace caffe2_ort {
 namespace cuda {
 
 // The cuDNN handle a kernel uses on ORT's compute stream: ORT's own (KernelContext_GetResource) when
-// the CUDA EP hands one out bound to that stream, else one owned here and bound with cudnnSetStream.
+// the CUDA EP hands one out bound to that stream, else the kernel's own one, bound with
+// cudnnSetStream. The own handle is created with the kernel (on the current device: the caller
+// makes the kernel's device current), never inside Compute.
 class CudnnHandleSource {
  public:
-  CudnnHandleSource() = default;
+  explicit CudnnHandleSource(const std::string& where);
   ~CudnnHandleSource();
   CudnnHandleSource(const CudnnHandleSource&) = delete;
   CudnnHandleSource& operator=(const CudnnHandleSource&) = delete;
 
-  // Runs fn(handle) with a handle bound to stream; own handles are used under a lock.
+  // The own handle, for work at kernel creation (the caller binds it to a stream and owns the lock).
+  cudnnHandle_t Own() const { return own_; }
+
+  // Runs fn(handle) with a handle bound to stream; the own handle is used under a lock.
   template <typename Fn>
   void With(OrtKernelContext* context, cudaStream_t stream, const std::string& where, Fn&& fn) {
     cudnnHandle_t ort_handle = OrtHandle(context, stream);
@@ -31,12 +36,13 @@ class CudnnHandleSource {
       return;
     }
     std::lock_guard<std::mutex> lock(mutex_);
-    fn(OwnHandle(stream, where));
+    BindOwn(stream, where);
+    fn(own_);
   }
 
  private:
   static cudnnHandle_t OrtHandle(OrtKernelContext* context, cudaStream_t stream);
-  cudnnHandle_t OwnHandle(cudaStream_t stream, const std::string& where);  // mutex_ held
+  void BindOwn(cudaStream_t stream, const std::string& where);  // mutex_ held
 
   std::mutex mutex_;
   cudnnHandle_t own_ = nullptr;

@@ -18,8 +18,14 @@ CudaDropout<E>::CudaDropout(const OrtKernelInfo* info)
     RequireCudnnSupport(config_.Where(), E);
     // ratio = 1 runs the default kernel (it drops everything, drawing nothing); cuDNN is not needed.
     if (!config_.is_test && !config_.DropsAll()) {
-      cudnn_ = std::make_unique<CudnnDropout>(config_.Where(), E, config_.ratio, config_.seed);
+      cudnn_ = std::make_unique<CudnnKernelState>(info, config_.Where(), E, config_.ratio, config_.seed,
+                                                  CudnnKernelState::Role::kForward);
+      return;
     }
+  }
+  // Engine CUDNN with ratio = 1 drops everything outside the RNG contract: no counter.
+  if (config_.engine == Engine::kDefault && config_.ConsumesCounter()) {
+    counter_ = std::make_unique<DeviceCounter>(info, config_.Where());
   }
 }
 
@@ -66,7 +72,11 @@ void CudaDropout<E>::Compute(OrtKernelContext* context) {
 
   ForwardParams params;
   params.n = n;
-  params.base = config_.ConsumesCounter() ? counter_.Reserve(DropoutBlocksFor(n)) : 0;
+  if (counter_ != nullptr) {
+    const DeviceCounter::Pointers p = counter_->For(context, stream, x);
+    params.counter = p.counter;
+    params.slot = p.slot;
+  }
   params.key = config_.Key();
   params.threshold = config_.threshold;
   params.scale = config_.scale;
@@ -88,23 +98,8 @@ void CudaDropout<E>::ComputeCudnn(OrtKernelContext* context, cudaStream_t stream
     reserve = ctx.GetOutput(1, mask_shape, 1).GetTensorMutableData<bool>();
   }
   if (n == 0) return;
-  const void* x = input.GetTensorRawData();
-  void* y = output.GetTensorMutableRawData();
-
-  // Without a mask output cuDNN still needs reserve space: a stream-ordered scratch buffer.
-  void* scratch = nullptr;
-  if (reserve == nullptr) {
-    CheckCuda(cudaMallocAsync(&scratch, bytes, stream), config_, "cudaMallocAsync (cuDNN reserve space)");
-    reserve = scratch;
-  }
-  try {
-    handles_.With(context, stream, config_.Where(),
-                  [&](cudnnHandle_t handle) { cudnn_->Forward(handle, x, y, reserve, bytes, n); });
-  } catch (...) {
-    if (scratch != nullptr) (void)cudaFreeAsync(scratch, stream);
-    throw;
-  }
-  if (scratch != nullptr) CheckCuda(cudaFreeAsync(scratch, stream), config_, "cudaFreeAsync (cuDNN reserve space)");
+  // Without a mask output, cuDNN's reserve space is scratch memory from ORT (see cuda/cudnn_kernel.h).
+  cudnn_->Forward(context, stream, input.GetTensorRawData(), output.GetTensorMutableRawData(), reserve, bytes, n);
 }
 
 template class CudaDropout<Elem::kFloat>;

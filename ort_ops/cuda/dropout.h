@@ -1,5 +1,6 @@
 // ai.caffe2 Dropout on the CUDA execution provider: the Philox kernels of dropout_impl.cu for
-// engine "" / "DEFAULT", cuDNN's dropout for engine "CUDNN".
+// engine "" / "DEFAULT" (counter in device memory, cuda/device_counter.h), cuDNN's dropout for
+// engine "CUDNN" (cuda/cudnn_kernel.h).
 #pragma once
 
 #include <array>
@@ -9,8 +10,8 @@
 #include "common/dropout_config.h"
 #include "common/element_types.h"
 #include "common/ort_api.h"
-#include "cuda/dropout_cudnn.h"
-#include "cuda/dnn_handle.h"
+#include "cuda/cudnn_kernel.h"
+#include "cuda/device_counter.h"
 
 namespace caffe2_ort {
 namespace cuda {
@@ -29,9 +30,8 @@ class CudaDropout {
 
   DropoutConfig config_;
   bool has_mask_;
-  PhiloxCounter counter_;
-  std::unique_ptr<CudnnDropout> cudnn_;  // engine CUDNN in training mode
-  CudnnHandleSource handles_;
+  std::unique_ptr<DeviceCounter> counter_;   // training runs that consume the counter
+  std::unique_ptr<CudnnKernelState> cudnn_;  // engine CUDNN in training mode
 };
 
 }  // namespace cuda

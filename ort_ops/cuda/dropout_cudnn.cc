@@ -67,8 +67,6 @@ CudnnDropout::CudnnDropout(std::string where, Elem elem, float ratio, uint64_t s
 
 CudnnDropout::~CudnnDropout() {
   if (desc_ != nullptr) cudnnDestroyDropoutDescriptor(desc_);
-  // Blocks until work using the states has finished; runs when the session is released.
-  if (states_ != nullptr) cudaFree(states_);
 }
 
 size_t CudnnDropout::ReserveBytes(const std::string& where, Elem elem, uint64_t n) {
@@ -78,31 +76,33 @@ size_t CudnnDropout::ReserveBytes(const std::string& where, Elem elem, uint64_t 
   return bytes;
 }
 
-void CudnnDropout::EnsureStates(cudnnHandle_t handle) {
-  if (configured_) return;
-  cudaStream_t stream = nullptr;
-  CheckCudnn(cudnnGetStream(handle, &stream), where_, "cudnnGetStream");
-  CheckCudnn(cudnnDropoutGetStatesSize(handle, &states_bytes_), where_, "cudnnDropoutGetStatesSize");
-  // Stream-ordered allocation: no device-wide synchronisation inside Compute. Drivers without
-  // memory pools fall back to cudaMalloc (once per kernel).
-  if (cudaMallocAsync(&states_, states_bytes_, stream) != cudaSuccess) {
-    (void)cudaGetLastError();
-    states_ = nullptr;
-    CheckCuda(cudaMalloc(&states_, states_bytes_), where_, "cudaMalloc (cuDNN dropout states)");
-  }
-  // Initialises the states with a kernel on the handle's stream, ahead of the forward that follows.
-  CheckCudnn(cudnnSetDropoutDescriptor(desc_, handle, ratio_, states_, states_bytes_,
-                                       static_cast<unsigned long long>(seed_)),
+size_t CudnnDropout::StatesBytes(cudnnHandle_t handle, const std::string& where) {
+  size_t bytes = 0;
+  CheckCudnn(cudnnDropoutGetStatesSize(handle, &bytes), where, "cudnnDropoutGetStatesSize");
+  return bytes;
+}
+
+void CudnnDropout::SeedStates(cudnnHandle_t handle, void* states, size_t bytes) {
+  CheckCudnn(cudnnSetDropoutDescriptor(desc_, handle, ratio_, states, bytes, static_cast<unsigned long long>(seed_)),
              where_, "cudnnSetDropoutDescriptor");
-  configured_ = true;
+  has_states_ = true;
+}
+
+void CudnnDropout::AttachStates(cudnnHandle_t handle, void* states, size_t bytes) {
+  // cuDNN's backward fails (CUDNN_STATUS_EXECUTION_FAILED_CUDART, seen with cuDNN 9.x on an H100)
+  // with a descriptor set without states, so the gradient's descriptor points at states memory;
+  // restoring (not setting) it launches no initialisation.
+  CheckCudnn(cudnnRestoreDropoutDescriptor(desc_, handle, ratio_, states, bytes,
+                                           static_cast<unsigned long long>(seed_)),
+             where_, "cudnnRestoreDropoutDescriptor");
+  has_states_ = true;
 }
 
 void CudnnDropout::Forward(cudnnHandle_t handle, const void* x, void* y, void* reserve, size_t reserve_bytes,
                            uint64_t n) {
   if (n == 0) return;
+  if (!has_states_) Fail(ORT_FAIL, where_, ": cuDNN dropout states not set up (internal error)");
   TensorDesc desc(where_, elem_, n);
-  std::lock_guard<std::mutex> lock(mutex_);
-  EnsureStates(handle);
   CheckCudnn(cudnnDropoutForward(handle, desc_, desc.get(), x, desc.get(), y, reserve, reserve_bytes), where_,
              "cudnnDropoutForward");
 }
@@ -110,11 +110,8 @@ void CudnnDropout::Forward(cudnnHandle_t handle, const void* x, void* y, void* r
 void CudnnDropout::Backward(cudnnHandle_t handle, const void* dy, const void* reserve, size_t reserve_bytes, void* dx,
                             uint64_t n) {
   if (n == 0) return;
+  if (!has_states_) Fail(ORT_FAIL, where_, ": cuDNN dropout descriptor not set up (internal error)");
   TensorDesc desc(where_, elem_, n);
-  std::lock_guard<std::mutex> lock(mutex_);
-  // cuDNN's backward fails (CUDNN_STATUS_EXECUTION_FAILED_CUDART, seen with cuDNN 9.x on an H100)
-  // with a descriptor set without states, so the gradient gets states of its own too.
-  EnsureStates(handle);
   // cuDNN takes the reserve space as non-const but only reads it in the backward pass.
   CheckCudnn(cudnnDropoutBackward(handle, desc_, desc.get(), dy, desc.get(), dx, const_cast<void*>(reserve),
                                   reserve_bytes),

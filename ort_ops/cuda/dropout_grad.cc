@@ -18,7 +18,9 @@ CudaDropoutGrad<E>::CudaDropoutGrad(const OrtKernelInfo* info)
   if (config_.engine == Engine::kCudnn) {
     RequireCudnnSupport(config_.Where(), E);
     if (!config_.is_test && !config_.DropsAll()) {
-      cudnn_ = std::make_unique<CudnnDropout>(config_.Where(), E, config_.ratio, /*seed=*/0);
+      // Its states are attached, never seeded: cuDNN's backward draws nothing.
+      cudnn_ = std::make_unique<CudnnKernelState>(info, config_.Where(), E, config_.ratio, /*seed=*/0,
+                                                  CudnnKernelState::Role::kBackward);
     }
   }
 }
@@ -63,8 +65,7 @@ void CudaDropoutGrad<E>::Compute(OrtKernelContext* context) {
     return;
   }
   if (cudnn_ != nullptr) {
-    handles_.With(context, stream, config_.Where(),
-                  [&](cudnnHandle_t handle) { cudnn_->Backward(handle, dy, mask, mask_count, dx, n); });
+    cudnn_->Backward(context, stream, dy, mask, mask_count, dx, n);
     return;
   }
   if (config_.engine == Engine::kCudnn) {

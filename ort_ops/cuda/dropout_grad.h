@@ -8,8 +8,7 @@
 #include "common/dropout_config.h"
 #include "common/element_types.h"
 #include "common/ort_api.h"
-#include "cuda/dropout_cudnn.h"
-#include "cuda/dnn_handle.h"
+#include "cuda/cudnn_kernel.h"
 
 namespace caffe2_ort {
 namespace cuda {
@@ -25,8 +24,7 @@ class CudaDropoutGrad {
  private:
   DropoutConfig config_;
   bool has_mask_;
-  std::unique_ptr<CudnnDropout> cudnn_;  // engine CUDNN in training mode
-  CudnnHandleSource handles_;
+  std::unique_ptr<CudnnKernelState> cudnn_;  // engine CUDNN in training mode
 };
 
 }  // namespace cuda

@@ -147,10 +147,14 @@ __device__ __forceinline__ uint32_t Word(const PhiloxBlock& r, uint64_t j) {
 }
 
 // Scalar forward over elements [begin, end), which start on a Philox block boundary or not.
+// The run's first Philox block: from the stream's slot when the counter lives on the device (written
+// by ReserveBlocks, which ran before this kernel on the same stream), else the host's value.
+__device__ __forceinline__ uint64_t RunBase(const ForwardParams& p) { return p.slot != nullptr ? *p.slot : p.base; }
+
 template <Elem E>
 __device__ __forceinline__ void ForwardScalar(const typename Dev<E>::S* x, typename Dev<E>::S* y, bool* mask,
-                                              uint64_t begin, uint64_t end, const ForwardParams& p, bool draws,
-                                              bool keep_all) {
+                                              uint64_t begin, uint64_t end, const ForwardParams& p, uint64_t base,
+                                              bool draws, bool keep_all) {
   using D = Dev<E>;
   const typename D::C s = static_cast<typename D::C>(p.scale);
   PhiloxBlock r{{0u, 0u, 0u, 0u}};
@@ -158,7 +162,7 @@ __device__ __forceinline__ void ForwardScalar(const typename Dev<E>::S* x, typen
   for (uint64_t i = begin; i < end; ++i) {
     bool keep = keep_all;
     if (draws) {
-      const uint64_t b = p.base + i / 4;
+      const uint64_t b = base + i / 4;
       if (b != have) {
         r = DropoutBlock(b, p.key);
         have = b;
@@ -179,6 +183,7 @@ __global__ void __launch_bounds__(kThreads)
   constexpr int kBlocks = kN / 4;
   const typename D::C s = static_cast<typename D::C>(p.scale);
   const uint64_t units = p.n / kN;
+  const uint64_t base = draws ? RunBase(p) : 0;
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
   const uint64_t first = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   for (uint64_t u = first; u < units; u += stride) {
@@ -188,7 +193,7 @@ __global__ void __launch_bounds__(kThreads)
     if (draws) {
 #pragma unroll
       for (int b = 0; b < kBlocks; ++b) {
-        const PhiloxBlock r = DropoutBlock(p.base + u * kBlocks + b, p.key);
+        const PhiloxBlock r = DropoutBlock(base + u * kBlocks + b, p.key);
 #pragma unroll
         for (int j = 0; j < 4; ++j) keep[4 * b + j] = Keep(r.w[j], p.threshold);
       }
@@ -204,7 +209,7 @@ __global__ void __launch_bounds__(kThreads)
     out.StoreTo(y + u * kN);
     if (kWithMask) MaskWord<kN>::Store(mask + u * kN, keep);
   }
-  if (first == 0 && units * kN < p.n) ForwardScalar<E>(x, y, mask, units * kN, p.n, p, draws, keep_all);
+  if (first == 0 && units * kN < p.n) ForwardScalar<E>(x, y, mask, units * kN, p.n, p, base, draws, keep_all);
 }
 
 // Unaligned pointers: one Philox block (4 elements) per thread and step, scalar accesses.
@@ -213,10 +218,17 @@ __global__ void __launch_bounds__(kThreads)
     DropoutForwardScalar(const typename Dev<E>::S* x, typename Dev<E>::S* y, bool* mask, ForwardParams p, bool draws,
                          bool keep_all) {
   const uint64_t blocks = DropoutBlocksFor(p.n);
+  const uint64_t base = draws ? RunBase(p) : 0;
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
   for (uint64_t b = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; b < blocks; b += stride) {
-    ForwardScalar<E>(x, y, mask, 4 * b, min(4 * b + 4, p.n), p, draws, keep_all);
+    ForwardScalar<E>(x, y, mask, 4 * b, min(4 * b + 4, p.n), p, base, draws, keep_all);
   }
+}
+
+// One thread: takes this run's blocks from the node's device counter and leaves the base in the
+// stream's slot for the dropout kernel that follows on the same stream.
+__global__ void ReserveBlocks(unsigned long long* counter, unsigned long long blocks, unsigned long long* slot) {
+  *slot = atomicAdd(counter, blocks);
 }
 
 template <Elem E>
@@ -315,6 +327,14 @@ cudaError_t LaunchDropoutForward(const typename ElemTraits<E>::Storage* x, typen
   const bool vector = Aligned(x, 16) && Aligned(y, 16) && Aligned(mask, kN);
   cudaError_t err = GridFor(vector ? std::max<uint64_t>(params.n / kN, 1) : DropoutBlocksFor(params.n), &grid);
   if (err != cudaSuccess) return err;
+  if (params.counter != nullptr) {
+    static_assert(sizeof(unsigned long long) == sizeof(uint64_t), "64-bit atomics");
+    ReserveBlocks<<<1, 1, 0, stream>>>(reinterpret_cast<unsigned long long*>(params.counter),
+                                       static_cast<unsigned long long>(DropoutBlocksFor(params.n)),
+                                       reinterpret_cast<unsigned long long*>(params.slot));
+    err = cudaGetLastError();
+    if (err != cudaSuccess) return err;
+  }
   if (!vector) {
     DropoutForwardScalar<E><<<grid, kThreads, 0, stream>>>(x, y, mask, params, draws, keep_all);
   } else if (mask != nullptr) {

@@ -21,14 +21,20 @@ namespace cuda {
 
 struct ForwardParams {
   uint64_t n = 0;          // elements
-  uint64_t base = 0;       // first Philox block of this run
+  uint64_t base = 0;       // first Philox block of this run, when counter is null
+  // The node's Philox counter in device memory (cuda/device_counter.h), or null. When set, a
+  // one-thread reserve kernel first does *slot = atomicAdd(counter, ceil(n / 4)) on the stream and
+  // the dropout kernel reads its base from *slot, so CUDA-graph replays advance the counter.
+  uint64_t* counter = nullptr;
+  uint64_t* slot = nullptr;
   PhiloxKey key{0, 0};
   uint64_t threshold = 0;  // 33-bit: 0 keeps every element, 2^32 drops every element
   float scale = 1.0f;      // 1 / (1 - ratio) rounded to float (0 when ratio = 1)
 };
 
 // Y[i] = (X[i] * scale) * m[i], computed in float (double for float64) and rounded once; mask[i] = m[i]
-// when mask != nullptr. x may equal y (in place). With threshold 0 or 2^32 no random numbers are drawn.
+// when mask != nullptr. x may equal y (in place). With threshold 0 or 2^32 no random numbers are drawn
+// (the counter, when given, still advances: such runs consume their blocks).
 template <Elem E>
 cudaError_t LaunchDropoutForward(const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
                                  bool* mask, const ForwardParams& params, cudaStream_t stream);

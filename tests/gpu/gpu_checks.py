@@ -1,6 +1,6 @@
 """GPU checks of the CUDA kernels, driven through libcaffe2_ort_cuda_testing.so (no onnxruntime-gpu needed).
 
-Run by tests/gpu/run_gpu_checks.sh on a machine with a GPU and PyTorch:
+Run by tests/gpu/run_all.sh on a machine with a GPU and PyTorch:
 
   (a) the default engine against the numpy reference (caffe2_ort.reference): bit-identical masks and
       exact Y / dX for float32, float64, float16 and bfloat16; small and odd sizes, special values,
@@ -8,8 +8,11 @@ Run by tests/gpu/run_gpu_checks.sh on a machine with a GPU and PyTorch:
       word boundary; sizes up to 2^28 against a PyTorch re-implementation of the RNG contract (itself
       checked against the numpy reference first); one float16 run of 2^31 + 5 elements checked at
       sampled positions and at the end, for 64-bit indexing;
+      the plugin's device-resident counter (reserve kernel + base slot): sequential calls, three
+      replays of a captured CUDA graph, two concurrent streams;
   (b) the cuDNN engine: kept fraction near 1 - ratio, Y == X * m / (1 - ratio) with m recovered from
-      Y != 0, backward consistent with forward, fresh masks on the next call, in place;
+      Y != 0, backward consistent with forward (its states attached, never seeded, and poisoned),
+      fresh masks on the next call, in place;
   (c) a benchmark of float32 and float16 Dropout forward with mask at N = 2^20 .. 2^28 against a
       device-to-device copy of the same bytes, torch.native_dropout and the cuDNN engine.
 
@@ -105,6 +108,7 @@ class Launcher:
         lib.c2ort_test_last_error.restype = ctypes.c_char_p
         lib.c2ort_test_forward.argtypes = [i32, vp, vp, vp, u64, u64, u64, f32, vp]
         lib.c2ort_test_backward.argtypes = [i32, vp, vp, i32, vp, u64, f32, vp]
+        lib.c2ort_test_forward_counter.argtypes = [i32, vp, vp, vp, u64, u64, vp, vp, f32, vp]
         lib.c2ort_test_cudnn_create.argtypes = [i32, f32, u64, vp]
         lib.c2ort_test_cudnn_create.restype = vp
         lib.c2ort_test_cudnn_destroy.argtypes = [vp]
@@ -124,6 +128,10 @@ class Launcher:
     def forward(self, dtype, x, y, mask, n, seed, base, ratio, stream):
         self._check(self.lib.c2ort_test_forward(DTYPE_CODES[dtype], x, y, mask, n, seed & (2**64 - 1), base, ratio,
                                                 stream), "forward")
+
+    def forward_counter(self, dtype, x, y, mask, n, seed, counter, slot, ratio, stream):
+        self._check(self.lib.c2ort_test_forward_counter(DTYPE_CODES[dtype], x, y, mask, n, seed & (2**64 - 1), counter,
+                                                        slot, ratio, stream), "forward (device counter)")
 
     def backward(self, dtype, dy, mask, keep_all, dx, n, ratio, stream):
         self._check(self.lib.c2ort_test_backward(DTYPE_CODES[dtype], dy, mask, int(keep_all), dx, n, ratio, stream),
@@ -363,6 +371,68 @@ class Checks:
         torch.cuda.empty_cache()
         print("(a) huge: float16 n = 2^31 + 5 checked at sampled positions and the end", flush=True)
 
+    # ---------------------------------------------------------------------------------- (a) device counter
+    def check_device_counter(self) -> None:
+        """The plugin's path: the counter in device memory, advanced by the reserve kernel; sequential
+        calls, CUDA-graph replays (torch.cuda.CUDAGraph) and two concurrent streams."""
+        torch = self.torch
+        n, seed, ratio = 4099 * 8 + 3, 0xC0FFEE, 0.4
+        blocks = (n + 3) // 4
+        x_np = self.sample_input(np.random.default_rng(9), n, np.dtype(np.float32), special=False)
+        x = self.to_gpu(x_np)
+        counter = torch.zeros(1, dtype=torch.int64, device="cuda")
+        slots = torch.full((2,), -1, dtype=torch.int64, device="cuda")
+        y = torch.empty_like(x)
+        m = torch.empty(n, dtype=torch.uint8, device="cuda")
+
+        def launch(stream, slot=0, yy=y, mm=m):
+            self.L.forward_counter("float32", x.data_ptr(), yy.data_ptr(), mm.data_ptr(), n, seed, counter.data_ptr(),
+                                   slots[slot:].data_ptr(), ratio, stream)
+
+        def expect_base(base, yy, mm, tag):
+            y_ref, keep = R.dropout(x_np, ratio=ratio, seed=seed, base=base)
+            self.expect(np.array_equal(mm.cpu().numpy(), keep.astype(np.uint8)), f"device counter {tag}: mask")
+            self.expect(self.same_bits(yy.cpu().numpy(), y_ref), f"device counter {tag}: Y")
+
+        torch.cuda.synchronize()  # buffers made on the default stream are ready
+        with torch.cuda.stream(self.stream):
+            for k in range(3):
+                launch(self.sp)
+                torch.cuda.synchronize()
+                expect_base(k * blocks, y, m, f"call {k}")
+        self.expect(int(counter.item()) == 3 * blocks, "device counter: advanced by ceil(n/4) per call")
+        # CUDA graph: capture once, replay three times; each replay advances the counter on the device
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            with torch.cuda.graph(graph, stream=side):
+                launch(torch.cuda.current_stream().cuda_stream)
+        torch.cuda.synchronize()
+        self.expect(int(counter.item()) == 3 * blocks, "device counter: capture itself consumes nothing")
+        for k in range(3):
+            graph.replay()
+            torch.cuda.synchronize()
+            expect_base((3 + k) * blocks, y, m, f"graph replay {k}")
+        # two streams at once, each with its own slot: disjoint consecutive ranges
+        s1, s2 = torch.cuda.Stream(), torch.cuda.Stream()
+        y2, m2 = torch.empty_like(y), torch.empty_like(m)
+        torch.cuda.synchronize()
+        launch(s1.cuda_stream, 0, y, m)
+        launch(s2.cuda_stream, 1, y2, m2)
+        torch.cuda.synchronize()
+        bases = sorted(int(b) for b in slots.cpu())
+        self.expect(bases == [6 * blocks, 7 * blocks], f"device counter: concurrent bases {bases}")
+        expect_base(int(slots[0].item()), y, m, "stream 1")
+        expect_base(int(slots[1].item()), y2, m2, "stream 2")
+        # ratio 1 consumes its blocks without drawing
+        with torch.cuda.stream(self.stream):
+            self.L.forward_counter("float32", x.data_ptr(), y.data_ptr(), m.data_ptr(), n, seed, counter.data_ptr(),
+                                   slots.data_ptr(), 1.0, self.sp)
+        torch.cuda.synchronize()
+        self.expect(int(counter.item()) == 9 * blocks and not bool(m.any()), "device counter: ratio 1")
+        print("(a) device counter: sequential calls, 3 CUDA-graph replays, 2 streams, ratio 1", flush=True)
+
     # ---------------------------------------------------------------------------------- (b) cuDNN
     def check_cudnn(self) -> dict:
         torch = self.torch
@@ -527,7 +597,8 @@ def main() -> int:
     checks = Checks(Launcher(args.lib), torch)
     t0 = time.time()
     summary = {"device": torch.cuda.get_device_name()}
-    steps = [("small", checks.check_small), ("large", lambda: checks.check_large(args.max_log2))]
+    steps = [("small", checks.check_small), ("counter", checks.check_device_counter),
+             ("large", lambda: checks.check_large(args.max_log2))]
     if not args.skip_huge:
         steps.append(("huge", checks.check_huge))
     steps.append(("cudnn", checks.check_cudnn))

@@ -70,15 +70,21 @@ cudaError_t Backward(const void* dy, const void* mask, bool keep_all, void* dx, 
                                   static_cast<S*>(dx), n, scale, s);
 }
 
+// The forward's states seeded, the backward's only attached (as the plugin's kernels do); the
+// memory is the tester's own (cudaMalloc: test-only code, outside any ORT kernel).
 struct CudnnTester {
   CudnnTester(Elem elem, float ratio, uint64_t seed)
       : forward("test cuDNN forward", elem, ratio, seed), backward("test cuDNN backward", elem, ratio, 0) {}
   ~CudnnTester() {
     if (handle != nullptr) cudnnDestroy(handle);
+    cudaFree(forward_states);
+    cudaFree(backward_states);
   }
   CudnnDropout forward;
   CudnnDropout backward;
   cudnnHandle_t handle = nullptr;
+  void* forward_states = nullptr;
+  void* backward_states = nullptr;
 };
 
 }  // namespace
@@ -112,6 +118,32 @@ C2ORT_TEST_API int c2ort_test_forward(int dtype, const void* x, void* y, void* m
   return Report("unreachable");
 }
 
+// The default engine's Dropout with the node's counter in device memory, as the plugin runs it: a
+// reserve kernel takes base = atomicAdd(*counter, ceil(n / 4)) into *slot, then the dropout kernel
+// reads it. counter and slot are device pointers to uint64 (CUDA-graph capturable).
+C2ORT_TEST_API int c2ort_test_forward_counter(int dtype, const void* x, void* y, void* mask, uint64_t n,
+                                              uint64_t seed, uint64_t* counter, uint64_t* slot, float ratio,
+                                              void* stream) {
+  Elem elem;
+  if (!ToElem(dtype, &elem)) return Report("unknown dtype code " + std::to_string(dtype));
+  if (counter == nullptr || slot == nullptr) return Report("counter and slot must be device pointers");
+  ForwardParams p;
+  p.n = n;
+  p.counter = counter;
+  p.slot = slot;
+  p.key = PhiloxKeyFromSeed(seed);
+  p.threshold = DropThreshold(ratio);
+  p.scale = DropScale(ratio);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (elem) {
+    case Elem::kFloat: return Report(Forward<Elem::kFloat>(x, y, mask, p, s), "forward launch");
+    case Elem::kDouble: return Report(Forward<Elem::kDouble>(x, y, mask, p, s), "forward launch");
+    case Elem::kHalf: return Report(Forward<Elem::kHalf>(x, y, mask, p, s), "forward launch");
+    case Elem::kBFloat16: return Report(Forward<Elem::kBFloat16>(x, y, mask, p, s), "forward launch");
+  }
+  return Report("unreachable");
+}
+
 // The default engine's DropoutGrad; mask null means keep_all for every element.
 C2ORT_TEST_API int c2ort_test_backward(int dtype, const void* dy, const void* mask, int keep_all, void* dx, uint64_t n,
                                        float ratio, void* stream) {
@@ -129,8 +161,8 @@ C2ORT_TEST_API int c2ort_test_backward(int dtype, const void* dy, const void* ma
   return Report("unreachable");
 }
 
-// A cuDNN engine instance (states seeded with seed on first forward) with its own handle bound to
-// stream. Returns null on failure.
+// A cuDNN engine instance (forward states seeded with seed on stream, backward states attached
+// only) with its own handle bound to stream. Returns null on failure.
 C2ORT_TEST_API void* c2ort_test_cudnn_create(int dtype, float ratio, uint64_t seed, void* stream) {
   Elem elem;
   if (!ToElem(dtype, &elem)) {
@@ -143,6 +175,13 @@ C2ORT_TEST_API void* c2ort_test_cudnn_create(int dtype, float ratio, uint64_t se
     cudnnStatus_t st = cudnnCreate(&t->handle);
     if (st == CUDNN_STATUS_SUCCESS) st = cudnnSetStream(t->handle, static_cast<cudaStream_t>(stream));
     if (st != CUDNN_STATUS_SUCCESS) return Report(std::string("cudnnCreate/cudnnSetStream: ") + cudnnGetErrorString(st));
+    const size_t bytes = CudnnDropout::StatesBytes(t->handle, "test cuDNN");
+    if (Report(cudaMalloc(&t->forward_states, bytes), "cudaMalloc (states)") != 0) return 1;
+    if (Report(cudaMalloc(&t->backward_states, bytes), "cudaMalloc (states)") != 0) return 1;
+    // The backward's states are poisoned: it must not read them.
+    if (Report(cudaMemsetAsync(t->backward_states, 0xA5, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync") != 0) return 1;
+    t->forward.SeedStates(t->handle, t->forward_states, bytes);
+    t->backward.AttachStates(t->handle, t->backward_states, bytes);
     return 0;
   });
   return rc == 0 ? t.release() : nullptr;
