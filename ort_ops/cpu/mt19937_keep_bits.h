@@ -1,0 +1,56 @@
+// Caffe2's CPU Dropout mask stream (rng = "caffe2_mt19937"): one 32-bit MT19937 per kernel instance,
+// seeded by the standard init_genrand, two words per element, turned into the 64-bit keep-bit words
+// that ApplyKeepBits (cpu/elementwise.h) consumes.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+
+#include "cpu/keep_bits.h"
+
+namespace caffe2_ort {
+
+// MT19937 (Matsumoto & Nishimura 1998) with a block of 624 tempered outputs kept ready, so drawing
+// is a copy out of a buffer and the regeneration loops vectorise.
+class Mt19937 {
+ public:
+  static constexpr size_t kStateWords = 624;
+
+  explicit Mt19937(uint32_t seed);  // init_genrand(seed)
+
+  // The next n 32-bit outputs, in order.
+  void Draw(uint32_t* out, size_t n);
+  // Drops the next n outputs (as Draw would, without writing them).
+  void Skip(uint64_t n);
+
+ private:
+  void Regenerate();
+
+  uint32_t state_[kStateWords];
+  uint32_t tempered_[kStateWords];
+  size_t next_ = kStateWords;  // index into tempered_; kStateWords: regenerate first
+};
+
+// Element i of a draw is kept iff v_i < keep_below, v_i = ((hi << 32) | lo) mod 2^53 of its two words
+// (hi first). That equals Caffe2's test u < 1 - (double)ratio with u = v * 2^-53, exactly.
+uint64_t Mt19937KeepBelow(float ratio);
+
+// One node's stream. Draws are serialised: concurrent training runs take consecutive, never
+// overlapping segments, and each mask depends only on the seed and its position in the stream.
+class Mt19937Stream {
+ public:
+  explicit Mt19937Stream(uint32_t seed) : gen_(seed) {}
+
+  // Draws 2 n words and writes ceil(n / 64) keep-bit words (bit j of word w: element 64 w + j; unused
+  // high bits of the last word are 0).
+  void KeepBits(size_t n, uint64_t keep_below, uint64_t* bits);
+  // Advances past n elements without producing bits (ratio 0 still draws, as Caffe2 did).
+  void Skip(size_t n);
+
+ private:
+  std::mutex mutex_;
+  Mt19937 gen_;
+};
+
+}  // namespace caffe2_ort
