@@ -44,7 +44,7 @@ const char* KindName(AttrKind kind) {
     case AttrKind::kFloats: return "FLOATS";
     case AttrKind::kInts: return "INTS";
     case AttrKind::kTensor: return "TENSOR";
-    case AttrKind::kOther: return "another kind (STRINGS, GRAPH, TENSORS, ...)";
+    case AttrKind::kOther: return "another kind (STRINGS, GRAPH, TENSORS, SPARSE_TENSOR or an empty list)";
   }
   return "?";
 }
@@ -59,49 +59,31 @@ bool ReadString(const OrtKernelInfo* info, const char* name, std::string* out) {
   return true;
 }
 
-// ORT answers every typed getter with ORT_FAIL, both for a missing attribute and for one of another
-// type; only the message tells them apart ("No attribute with name..." vs "...type don't match").
-// An attribute none of the getters reads is therefore reported as kOther only when ORT says the type
-// differs, so a reworded message can never make a missing attribute fail a session.
-bool TypeMismatch(OrtStatus* status) {
-  if (status == nullptr) return false;
-  const std::string message = Api().GetErrorMessage(status);
-  Api().ReleaseStatus(status);
-  return message.find("type") != std::string::npos && message.find("No attribute") == std::string::npos;
-}
-
+// ORT's scalar, string and tensor getters check the attribute's kind. Its array getters do not: they
+// succeed for any attribute that exists, returning the FLOATS / INTS values (none for other kinds).
+// So the array getters tell presence, and a non-empty array tells FLOATS or INTS; what none of the
+// checked getters reads (STRINGS, GRAPH, TENSORS, an empty list, ...) is kOther.
 AttrKind ProbeAttribute(const OrtKernelInfo* info, const char* name) {
   float f;
   int64_t i;
-  size_t size = 0;
   std::string s;
-  OrtStatus* float_status = Api().KernelInfoGetAttribute_float(info, name, &f);
-  if (float_status == nullptr) return AttrKind::kFloat;
-  if (Succeeds(Api().KernelInfoGetAttribute_int64(info, name, &i))) {
-    Api().ReleaseStatus(float_status);
-    return AttrKind::kInt;
+  if (Succeeds(Api().KernelInfoGetAttribute_float(info, name, &f))) return AttrKind::kFloat;
+  if (Succeeds(Api().KernelInfoGetAttribute_int64(info, name, &i))) return AttrKind::kInt;
+  if (ReadString(info, name, &s)) return AttrKind::kString;
+  OrtAllocator* allocator = nullptr;
+  OrtValue* tensor = nullptr;
+  if (Succeeds(Api().GetAllocatorWithDefaultOptions(&allocator)) &&
+      Succeeds(Api().KernelInfoGetAttribute_tensor(info, name, allocator, &tensor))) {
+    Api().ReleaseValue(tensor);
+    return AttrKind::kTensor;
   }
-  AttrKind kind = AttrKind::kAbsent;
-  if (ReadString(info, name, &s)) {
-    kind = AttrKind::kString;
-  } else if (Succeeds(Api().KernelInfoGetAttributeArray_float(info, name, nullptr, &size))) {
-    kind = AttrKind::kFloats;
-  } else if (Succeeds(Api().KernelInfoGetAttributeArray_int64(info, name, nullptr, &size))) {
-    kind = AttrKind::kInts;
-  } else {
-    OrtAllocator* allocator = nullptr;
-    OrtValue* tensor = nullptr;
-    if (Succeeds(Api().GetAllocatorWithDefaultOptions(&allocator)) &&
-        Succeeds(Api().KernelInfoGetAttribute_tensor(info, name, allocator, &tensor))) {
-      Api().ReleaseValue(tensor);
-      kind = AttrKind::kTensor;
-    }
+  size_t floats = 0, ints = 0;
+  if (!Succeeds(Api().KernelInfoGetAttributeArray_float(info, name, nullptr, &floats))) return AttrKind::kAbsent;
+  if (floats > 0) return AttrKind::kFloats;
+  if (Succeeds(Api().KernelInfoGetAttributeArray_int64(info, name, nullptr, &ints)) && ints > 0) {
+    return AttrKind::kInts;
   }
-  if (kind != AttrKind::kAbsent) {
-    Api().ReleaseStatus(float_status);
-    return kind;
-  }
-  return TypeMismatch(float_status) ? AttrKind::kOther : AttrKind::kAbsent;
+  return AttrKind::kOther;
 }
 
 // Whether the attribute is present; throws when it has another kind than `expected`.
