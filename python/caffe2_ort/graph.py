@@ -16,9 +16,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import opdefs as _defs
 from . import reference as _ref
 
 from ._library import DOMAIN, OPSET_VERSION
+
+_RATIO, _ENGINE, _RNG = (_defs.DROPOUT.attr(n).default for n in ("ratio", "engine", "rng"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,22 +142,30 @@ def _producer_index(graph):
 # building Dropout nodes
 
 
-def make_dropout(x, y, mask=None, *, ratio=0.5, is_test=False, seed=None, engine="", name=None, domain=DOMAIN):
-    """A ``NodeProto`` for ai.caffe2 Dropout (X) -> (Y, mask?). ``seed=None``: a random seed per session."""
-    kw = {"ratio": float(ratio), "is_test": int(bool(is_test))}
+def make_dropout(x, y, mask=None, *, ratio=_RATIO, is_test=False, seed=None, engine=_ENGINE, rng=_RNG, name=None,
+                 domain=DOMAIN):
+    """A ``NodeProto`` for ai.caffe2 Dropout (X) -> (Y, mask?). ``seed=None``: a random seed per session;
+    ``rng="caffe2_mt19937"``: Caffe2's own CPU mask stream. Attributes are checked by the op table
+    (:mod:`caffe2_ort.opdefs`), with the native kernels' messages."""
+    a = _defs.DROPOUT.validate({"ratio": ratio, "is_test": int(bool(is_test)), "seed": seed, "engine": engine,
+                                "rng": rng}, node=name)
+    kw = {"ratio": a["ratio"], "is_test": a["is_test"]}
     if seed is not None:
-        kw["seed"] = int(seed)
-    if engine:
-        kw["engine"] = engine
+        kw["seed"] = _defs.seed_as_int64(a["seed"])
+    if a["engine"]:
+        kw["engine"] = a["engine"]
+    if a["rng"]:
+        kw["rng"] = a["rng"]
     outputs = [y] + ([mask] if mask else [])
     return helper.make_node("Dropout", [x], outputs, name=name or f"{y}_dropout", domain=domain, **kw)
 
 
-def make_dropout_grad(dy, dx, mask=None, *, ratio=0.5, is_test=False, engine="", name=None, domain=DOMAIN):
+def make_dropout_grad(dy, dx, mask=None, *, ratio=_RATIO, is_test=False, engine=_ENGINE, name=None, domain=DOMAIN):
     """A ``NodeProto`` for ai.caffe2 DropoutGrad (dY, mask?) -> dX."""
-    kw = {"ratio": float(ratio), "is_test": int(bool(is_test))}
-    if engine:
-        kw["engine"] = engine
+    a = _defs.DROPOUT_GRAD.validate({"ratio": ratio, "is_test": int(bool(is_test)), "engine": engine}, node=name)
+    kw = {"ratio": a["ratio"], "is_test": a["is_test"]}
+    if a["engine"]:
+        kw["engine"] = a["engine"]
     inputs = [dy] + ([mask] if mask else [])
     return helper.make_node("DropoutGrad", inputs, [dx], name=name or f"{dx}_dropout_grad", domain=domain, **kw)
 
@@ -165,9 +176,10 @@ def add_dropout(
     *,
     output=None,
     training=False,
-    ratio=0.5,
+    ratio=_RATIO,
     seed=None,
-    engine="",
+    engine=_ENGINE,
+    rng=_RNG,
     mask=None,
     expose_mask=True,
     rewire=True,
@@ -182,7 +194,7 @@ def add_dropout(
     form (is_test=0) with a mask output named ``mask`` (default ``<y>_mask``), which ``expose_mask`` adds to
     the graph outputs (it needs ``x``'s type, so give the graph its input types). ``training=False``
     builds the inference form (is_test=1, no mask). Given a ``ModelProto``, the ai.caffe2 opset is
-    imported too.
+    imported too. ``rng``: the mask stream ("caffe2_mt19937" = Caffe2's own CPU stream).
     """
     model = model_or_graph if isinstance(model_or_graph, onnx.ModelProto) else None
     graph = model.graph if model is not None else model_or_graph
@@ -190,7 +202,7 @@ def add_dropout(
     y = output or names(f"{x}_dropout")
     names.used.add(y)
     m = (mask or names(f"{y}_mask")) if training else None
-    node = make_dropout(x, y, m, ratio=ratio, is_test=not training, seed=seed, engine=engine,
+    node = make_dropout(x, y, m, ratio=ratio, is_test=not training, seed=seed, engine=engine, rng=rng,
                         name=name or names(f"{y}_node"), domain=domain)
     if rewire:
         for n in graph.node:
@@ -487,7 +499,7 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
     return model, report
 
 
-def from_onnx_dropout(model, *, seed=None, engine="", warn=True, domain=DOMAIN):
+def from_onnx_dropout(model, *, seed=None, engine=_ENGINE, rng=_RNG, warn=True, domain=DOMAIN):
     """Replace standard ONNX Dropout with ai.caffe2 Dropout. Returns ``(model, ConversionReport)``.
 
     ``ratio`` and ``training_mode`` must be constants (initializers or Constant nodes) or absent (0.5, and
@@ -495,7 +507,8 @@ def from_onnx_dropout(model, *, seed=None, engine="", warn=True, domain=DOMAIN):
     converted node that seed plus its index (distinct streams); None keeps ONNX's seed attribute where
     present (with the Philox contract, so masks differ from ORT's Dropout for it) and leaves the others
     seedless. Lost: the exact masks of ONNX Runtime's generator. A node whose mask is not bool (opset 7)
-    or whose ratio/training_mode is computed at run time is left alone and reported.
+    or whose ratio/training_mode is computed at run time is left alone and reported. ``rng``: the mask
+    stream the new nodes draw ("caffe2_mt19937" = Caffe2's own CPU stream).
     """
     model = copy.deepcopy(model)
     g = model.graph
@@ -526,7 +539,7 @@ def from_onnx_dropout(model, *, seed=None, engine="", warn=True, domain=DOMAIN):
         node_seed = (int(seed) + k) if seed is not None else a.get("seed")
         k += 1
         new_nodes.append(make_dropout(n.input[0], n.output[0], n.output[1] if len(n.output) > 1 else None,
-                                      ratio=ratio, is_test=not training, seed=node_seed, engine=engine,
+                                      ratio=ratio, is_test=not training, seed=node_seed, engine=engine, rng=rng,
                                       name=n.name or None, domain=domain))
         orphans.extend(n.input[1:])
         report.converted.append(label)
