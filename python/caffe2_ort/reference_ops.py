@@ -38,8 +38,12 @@ class _Caffe2Op(OpRun):
         return _defs.where(self.onnx_node.op_type, self.onnx_node.name)
 
     def _read_common(self):
-        # ValueError / TypeError subclasses carrying the native kernels' messages
-        self.attrs_ = _defs.OPS[self.onnx_node.op_type].validate_node(self.onnx_node)
+        # The native kernels' checks and messages. A wrong kind is a TypeError elsewhere, but
+        # ReferenceEvaluator replaces TypeErrors raised here with its own message: raise ValueError.
+        try:
+            self.attrs_ = _defs.OPS[self.onnx_node.op_type].validate_node(self.onnx_node)
+        except _defs.AttributeKindError as e:
+            raise _defs.AttributeValueError(str(e)) from None
         self.ratio_, self.is_test_, self.engine_ = self.attrs_["ratio"], self.attrs_["is_test"], self.attrs_["engine"]
 
     def _n_outputs(self):
