@@ -25,7 +25,7 @@ CpuDropout<E>::CpuDropout(const OrtKernelInfo* info)
       isa_(SelectCpuIsa()) {
   // engine CUDNN on the CPU EP runs this kernel, so rng applies as for the default engine.
   if (config_.rng == Rng::kCaffe2Mt19937) {
-    mt_ = std::make_unique<Mt19937Stream>(config_.Mt19937Seed());
+    mt_ = std::make_unique<Mt19937Stream>(config_.Mt19937Seed(), isa_);
     mt_keep_below_ = Mt19937KeepBelow(config_.ratio);
   }
 }

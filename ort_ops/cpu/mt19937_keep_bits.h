@@ -17,7 +17,8 @@ class Mt19937 {
  public:
   static constexpr size_t kStateWords = 624;
 
-  explicit Mt19937(uint32_t seed);  // init_genrand(seed)
+  // init_genrand(seed); `isa` picks the vector width of the regeneration loops (same outputs on all).
+  explicit Mt19937(uint32_t seed, CpuIsa isa = CpuIsa::kScalar);
 
   // The next n 32-bit outputs, in order.
   void Draw(uint32_t* out, size_t n);
@@ -27,20 +28,24 @@ class Mt19937 {
  private:
   void Regenerate();
 
-  uint32_t state_[kStateWords];
-  uint32_t tempered_[kStateWords];
+  alignas(64) uint32_t state_[kStateWords];
+  alignas(64) uint32_t tempered_[kStateWords];
   size_t next_ = kStateWords;  // index into tempered_; kStateWords: regenerate first
+  CpuIsa isa_;
 };
 
 // Element i of a draw is kept iff v_i < keep_below, v_i = ((hi << 32) | lo) mod 2^53 of its two words
 // (hi first). That equals Caffe2's test u < 1 - (double)ratio with u = v * 2^-53, exactly.
 uint64_t Mt19937KeepBelow(float ratio);
 
+// words[2 j], words[2 j + 1] = hi, lo of element j: writes ceil(n / 64) keep-bit words.
+void Mt19937WordsToKeepBits(CpuIsa isa, const uint32_t* words, size_t n, uint64_t keep_below, uint64_t* bits);
+
 // One node's stream. Draws are serialised: concurrent training runs take consecutive, never
 // overlapping segments, and each mask depends only on the seed and its position in the stream.
 class Mt19937Stream {
  public:
-  explicit Mt19937Stream(uint32_t seed) : gen_(seed) {}
+  Mt19937Stream(uint32_t seed, CpuIsa isa) : gen_(seed, isa), isa_(isa) {}
 
   // Draws 2 n words and writes ceil(n / 64) keep-bit words (bit j of word w: element 64 w + j; unused
   // high bits of the last word are 0).
@@ -51,6 +56,7 @@ class Mt19937Stream {
  private:
   std::mutex mutex_;
   Mt19937 gen_;
+  CpuIsa isa_;
 };
 
 }  // namespace caffe2_ort
