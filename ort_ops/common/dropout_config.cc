@@ -203,8 +203,6 @@ bool HasOutput(const OrtKernelInfo* info, size_t index) {
   return !IoName(Api().KernelInfo_GetOutputName, info, index).empty();
 }
 
-const char* RngName(Rng rng) { return rng == Rng::kCaffe2Mt19937 ? "caffe2_mt19937" : "philox"; }
-
 uint64_t FreshSeed() {
   // Absent seed: a different stream per kernel instance, like Caffe2's RandomNumberSeed. getrandom
   // (glibc 2.25) rather than std::random_device, whose static libstdc++ needs a newer glibc.

@@ -17,9 +17,6 @@ enum class Engine { kDefault, kCudnn };
 // MT19937 stream. DropoutGrad has no rng (its mask carries the draw).
 enum class Rng { kPhilox, kCaffe2Mt19937 };
 
-// The attribute value as written in the model ("philox", "caffe2_mt19937").
-const char* RngName(Rng rng);
-
 struct DropoutConfig {
   std::string op;          // "Dropout" or "DropoutGrad", for messages
   std::string node;        // the node's name, for messages
@@ -47,7 +44,7 @@ struct DropoutConfig {
 // Reads ratio, is_test, engine (and seed and rng for Dropout: with_seed) from the node; throws OpError
 // with a message naming the op, the node and the offending value. An attribute of the wrong kind
 // (e.g. ratio as INTS or TENSOR) is refused naming the kind found and the kind expected; string
-// values with a NUL byte are refused, and are echoed escaped (printable ASCII only). DropoutGrad
+// values with a NUL byte are refused, and are echoed escaped (UTF-8 kept, other bytes as \xNN). DropoutGrad
 // refuses seed and rng (they belong to the forward op).
 DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed);
 
