@@ -207,7 +207,10 @@ def _make_schemas(defs):
     out = {}
     for d, doc, infer in ((_defs.DROPOUT, _DROPOUT_DOC, _infer_dropout),
                           (_defs.DROPOUT_GRAD, _DROPOUT_GRAD_DOC, _infer_dropout_grad)):
-        det = S.NodeDeterminism.Deterministic if d.deterministic else S.NodeDeterminism.NonDeterministic
+        extra = {}
+        if has_det:
+            extra["node_determinism"] = (S.NodeDeterminism.Deterministic if d.deterministic
+                                         else S.NodeDeterminism.NonDeterministic)
         schema = S(
             d.name,
             DOMAIN,
@@ -217,7 +220,7 @@ def _make_schemas(defs):
             outputs=[param(p) for p in d.outputs],
             type_constraints=types,
             attributes=[attribute(a) for a in d.attrs],
-            **({"node_determinism": det} if has_det else {}),
+            **extra,
         )
         schema.set_type_and_shape_inference_function(infer)
         out[d.name] = schema
