@@ -313,3 +313,26 @@ def test_pyop_fallback_draws_the_caffe2_stream():
                          env={**os.environ, "PYTHONPATH": str(Path(caffe2_ort.__file__).resolve().parents[1])})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "pyop ok" in out.stdout
+
+
+def test_lowering_to_onnx_dropout_reports_the_lost_stream():
+    from caffe2_ort import graph
+
+    m = plain_dropout_model(ratio=0.5, seed=3, rng=MT)
+    lowered, report = graph.to_onnx_dropout(m, warn=False)
+    assert any("rng ['caffe2_mt19937']" in line and "Caffe2's stream" in line for line in report.lost)
+    assert [n.op_type for n in lowered.graph.node] == ["Dropout"] and lowered.graph.node[0].domain == ""
+
+
+def test_graph_helpers_write_rng():
+    from caffe2_ort import graph
+
+    g = helper.make_graph([], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [300])],
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [300])])
+    m = make_model([], list(g.input), list(g.output))
+    y, mask = graph.add_dropout(m, "X", output="Y", training=True, ratio=0.5, seed=12, rng=MT)
+    m.graph.output.append(helper.make_tensor_value_info(y, TensorProto.FLOAT, None))
+    x = np.random.default_rng(11).standard_normal(300).astype(np.float32)
+    outs = dict(zip([o.name for o in m.graph.output], session(m).run(None, {"X": x})))
+    ey, emask = R.dropout(x, ratio=0.5, seed=12, rng=MT)
+    assert np.array_equal(outs[mask], emask) and np.array_equal(bits(outs[y]), bits(ey))

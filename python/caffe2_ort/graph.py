@@ -353,13 +353,13 @@ def with_fixed_masks(model, *, domain=DOMAIN):
     types = _infer(model)
     new_nodes, mask_inputs = [], []
     for n in g.node:
-        a = _attrs(n)
-        if not (_is_ours(n, "Dropout", domain) and not a.get("is_test", 0)):
+        if not (_is_ours(n, "Dropout", domain) and not _defs.DROPOUT.validate_node(n)["is_test"]):
             new_nodes.append(n)
             continue
+        a = _defs.DROPOUT.validate_node(n)
         m = n.output[1] if len(n.output) > 1 and n.output[1] else names(f"{n.output[0]}_mask")
         et = _elem_type(types, n.input[0])
-        new_nodes.extend(_exact_mask_apply(names, n.input[0], m, n.output[0], et, a.get("ratio", 0.5),
+        new_nodes.extend(_exact_mask_apply(names, n.input[0], m, n.output[0], et, a["ratio"],
                                            n.name or n.output[0]))
         vi = helper.make_tensor_value_info(m, TensorProto.BOOL, None)
         if types.get(n.input[0]) is not None and types[n.input[0]].tensor_type.HasField("shape"):
@@ -427,7 +427,8 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
     Kept: ratio, is_test (as training_mode), the Y and mask outputs (bool, true = kept), test-mode
     outputs bit for bit. Lost: the masks themselves (ONNX Runtime's Dropout uses its own generator; a
     ``seed`` is copied to ONNX's seed attribute, which seeds that other generator), the per-node RNG
-    counter contract, and ``engine`` (a CUDNN mask becomes an X-shaped bool mask). Not converted: ratio = 1
+    counter contract or Caffe2's stream (``rng``), and ``engine`` (a CUDNN mask becomes an X-shaped bool
+    mask). Not converted: ratio = 1
     in training (ONNX allows ratio in [0, 1) only). ``lower_grads``: DropoutGrad (no standard op)
     becomes Identity (test) or ``(dY * Cast(mask)) * scale`` in the kernel's precision, bit-exact.
     The default-domain opset must be >= 12.
@@ -440,12 +441,12 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
     names = _Names(g)
     report = ConversionReport()
     types = None
-    new_nodes, seeds, engines = [], False, set()
+    new_nodes, seeds, engines, rngs = [], False, set(), set()
     for n in g.node:
         label = n.name or n.output[0]
         if _is_ours(n, "Dropout", domain):
-            a = _attrs(n)
-            ratio, is_test = float(np.float32(a.get("ratio", 0.5))), int(a.get("is_test", 0))
+            a = _defs.DROPOUT.validate_node(n)  # the table's checks and defaults
+            ratio, is_test = a["ratio"], a["is_test"]
             if not is_test and ratio >= 1.0:
                 report.skipped.append((label, "ratio = 1 in training: ONNX Dropout needs ratio < 1"))
                 new_nodes.append(n)
@@ -455,11 +456,13 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
             onnx_ratio = 0.0 if ratio >= 1.0 else ratio
             g.initializer.extend([numpy_helper.from_array(np.array(onnx_ratio, np.float32), r),
                                   numpy_helper.from_array(np.array(not is_test), tm)])
-            kw = {"seed": int(a["seed"])} if "seed" in a else {}
-            seeds |= "seed" in a
-            eng = _text(a.get("engine", ""))
+            kw = {"seed": int(a["seed"])} if a["seed"] is not None else {}
+            seeds |= a["seed"] is not None
+            eng = a["engine"]
             if eng not in ("", "DEFAULT"):
                 engines.add(eng)
+            if a["rng"] not in ("", _defs.RNG_PHILOX):
+                rngs.add(a["rng"])
             new_nodes.append(helper.make_node("Dropout", [n.input[0], r, tm], list(n.output), name=n.name, **kw))
             report.converted.append(label)
         elif _is_ours(n, "DropoutGrad", domain):
@@ -467,13 +470,13 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
                 report.skipped.append((label, "DropoutGrad has no standard ONNX op (lower_grads=False)"))
                 new_nodes.append(n)
                 continue
-            a = _attrs(n)
-            if a.get("is_test", 0):
+            a = _defs.DROPOUT_GRAD.validate_node(n)
+            if a["is_test"]:
                 new_nodes.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
             else:
                 types = types or _infer(model)
                 new_nodes.extend(_exact_mask_apply(names, n.input[0], n.input[1], n.output[0],
-                                                   _elem_type(types, n.input[0]), a.get("ratio", 0.5), label))
+                                                   _elem_type(types, n.input[0]), a["ratio"], label))
             report.converted.append(label)
         else:
             new_nodes.append(n)
@@ -494,6 +497,8 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
         report.lost.append("seed semantics: copied to ONNX Dropout's seed, which seeds a different generator")
     if engines:
         report.lost.append(f"engine {sorted(engines)}: a CUDNN mask (reserve space) becomes an X-shaped bool mask")
+    if rngs:
+        report.lost.append(f"rng {sorted(rngs)}: ONNX Dropout draws its own masks, not Caffe2's stream")
     if warn and report.lost:
         warnings.warn("to_onnx_dropout: " + "; ".join(report.lost), stacklevel=2)
     return model, report

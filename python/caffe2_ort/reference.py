@@ -177,15 +177,21 @@ def mt19937_keep_mask(seed: int, base: int, shape, ratio: float) -> np.ndarray:
     return mt19937_keep(bg.random_raw(2 * numel), ratio).reshape(shape)
 
 
+_RATIO = _defs.DROPOUT.attr("ratio").default
+_IS_TEST = _defs.DROPOUT.attr("is_test").default
+_RNG = _defs.DROPOUT.attr("rng").default
+
+
 def check_attributes(op: str, **values) -> dict:
     """Validates attributes as the native kernel does at session creation, with its messages;
     returns them with the defaults filled in."""
     return _defs.OPS[op].validate(values)
 
 
-def dropout(x, ratio=0.5, is_test=0, seed=0, base=0, rng=""):
+def dropout(x, ratio=_RATIO, is_test=_IS_TEST, seed=0, base=0, rng=_RNG):
     """Caffe2 Dropout. Returns (Y, mask); the mask is all true in test mode. ``base``: the Philox block
-    counter, or under rng="caffe2_mt19937" the number of elements drawn before."""
+    counter, or under rng="caffe2_mt19937" the number of elements drawn before. ``seed`` is 0 unless
+    given (this function is stateless; :class:`DropoutStream` takes a fresh seed as a kernel does)."""
     a = check_attributes("Dropout", ratio=ratio, is_test=is_test, seed=seed, rng=rng)
     x = np.asarray(x)
     _check_dtype(x.dtype)
@@ -198,7 +204,7 @@ def dropout(x, ratio=0.5, is_test=0, seed=0, base=0, rng=""):
     return apply_mask(x, keep, a["ratio"]), keep
 
 
-def dropout_grad(dy, mask=None, ratio=0.5, is_test=0):
+def dropout_grad(dy, mask=None, ratio=_RATIO, is_test=_IS_TEST):
     """Caffe2 DropoutGrad: dX = dY in test mode, else (dY * m) * scale."""
     a = check_attributes("DropoutGrad", ratio=ratio, is_test=is_test)
     label = _defs.where("DropoutGrad")
@@ -227,14 +233,14 @@ class DropoutStream:
     every training run). Runs are serialised, so concurrent callers take consecutive segments.
     """
 
-    def __init__(self, seed=None, rng=""):
+    def __init__(self, seed=None, rng=_RNG):
         self.seed = _defs.fresh_seed() if seed is None else int(seed)
         self.rng = check_attributes("Dropout", seed=self.seed, rng=rng)["rng"]
         self.counter = 0
         self._lock = threading.Lock()
         self._mt = mt19937(self.seed) if self.rng == _defs.RNG_CAFFE2 else None
 
-    def draw(self, shape, ratio=0.5, is_test=0):
+    def draw(self, shape, ratio=_RATIO, is_test=_IS_TEST):
         """The keep-mask of the next run (all true in test mode, which draws nothing)."""
         a = check_attributes("Dropout", ratio=ratio, is_test=is_test)
         shape = tuple(int(d) for d in shape)
@@ -251,7 +257,7 @@ class DropoutStream:
                 self.counter += blocks_for(numel)
         return keep_mask(self.seed, base, shape, a["ratio"])
 
-    def run(self, x, ratio=0.5, is_test=0):
+    def run(self, x, ratio=_RATIO, is_test=_IS_TEST):
         """(Y, mask) of the next run."""
         x = np.asarray(x)
         _check_dtype(x.dtype)
