@@ -78,26 +78,30 @@ void CpuDropout<E>::Compute(OrtKernelContext* context) {
 template <Elem E>
 void CpuDropout<E>::ComputeMt19937(OrtKernelContext* context, size_t n, const typename ElemTraits<E>::Storage* x,
                                    typename ElemTraits<E>::Storage* y, bool* mask) {
+  // The run holds the node's stream until it returns, so concurrent runs take consecutive segments.
   // Caffe2 draws two words per element on every training run, ratio 0 and 1 included.
-  const size_t words = (n + kBitsPerWord - 1) / kBitsPerWord;
+  Mt19937Segment segment(*mt_, n, kCpuTaskElements, mt_keep_below_);
   const bool constant = config_.ratio == 0.0f || config_.DropsAll();
-  std::vector<uint64_t> bits(constant ? 0 : words);
-  if (constant) {
-    mt_->Skip(n);
-  } else {
-    mt_->KeepBits(n, mt_keep_below_, bits.data());  // serialised per node; the rest runs in parallel
-  }
+  if (constant) segment.Skip();
   const uint64_t constant_bits = config_.ratio == 0.0f ? ~uint64_t{0} : 0;
   const bool streaming = n * sizeof(typename ElemTraits<E>::Storage) >= kStreamingBytes;
   const float scale = config_.scale;
   const CpuIsa isa = isa_;
-  ParallelOverElements(context, n, [&](size_t begin, size_t end) {
-    uint64_t fill[kSliceElements / kBitsPerWord];
-    if (constant) std::fill(std::begin(fill), std::end(fill), constant_bits);
+  ParallelOverElements(context, n, [&](size_t task_begin, size_t task_end) {
+    uint64_t bits[kCpuTaskElements / kBitsPerWord];
+    size_t begin = task_begin, end = task_end;
+    if (constant) {
+      std::fill(std::begin(bits), std::end(bits), constant_bits);
+    } else {
+      // Each task draws the next chunk in stream order (serialised) and applies that chunk while
+      // another task draws the following one; which chunk a task gets does not change the result.
+      begin = segment.DrawNext(bits) * kCpuTaskElements;
+      end = std::min(n, begin + kCpuTaskElements);
+    }
     for (size_t s = begin; s < end; s += kSliceElements) {
       const size_t len = std::min(kSliceElements, end - s);
-      const uint64_t* b = constant ? fill : bits.data() + s / kBitsPerWord;
-      ApplyKeepBits<E>(isa, x + s, y + s, mask ? mask + s : nullptr, len, b, scale, streaming);
+      ApplyKeepBits<E>(isa, x + s, y + s, mask ? mask + s : nullptr, len, bits + (s - begin) / kBitsPerWord, scale,
+                       streaming);
     }
     if (streaming) StoreFence();
   });

@@ -164,19 +164,28 @@ void Mt19937WordsToKeepBits(CpuIsa isa, const uint32_t* words, size_t n, uint64_
   KeepBitsScalar(words, n, keep_below, bits);
 }
 
-void Mt19937Stream::KeepBits(size_t n, uint64_t keep_below, uint64_t* bits) {
+Mt19937Segment::Mt19937Segment(Mt19937Stream& stream, size_t n, size_t chunk, uint64_t keep_below)
+    : run_lock_(stream.run_mutex_), gen_(stream.gen_), isa_(stream.isa_), n_(n), chunk_(chunk),
+      keep_below_(keep_below) {}
+
+size_t Mt19937Segment::DrawNext(uint64_t* bits) {
   alignas(64) uint32_t words[2 * kBatchElements];
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (size_t start = 0; start < n; start += kBatchElements) {
-    const size_t len = n - start < kBatchElements ? n - start : kBatchElements;
+  std::lock_guard<std::mutex> lock(draw_mutex_);
+  const size_t c = next_++;
+  const size_t begin = c * chunk_;
+  const size_t end = begin + chunk_ < n_ ? begin + chunk_ : n_;
+  for (size_t start = begin; start < end; start += kBatchElements) {
+    const size_t len = end - start < kBatchElements ? end - start : kBatchElements;
     gen_.Draw(words, 2 * len);
-    Mt19937WordsToKeepBits(isa_, words, len, keep_below, bits + start / kBitsPerWord);
+    Mt19937WordsToKeepBits(isa_, words, len, keep_below_, bits + (start - begin) / kBitsPerWord);
   }
+  return c;
 }
 
-void Mt19937Stream::Skip(size_t n) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  gen_.Skip(2 * static_cast<uint64_t>(n));
+void Mt19937Segment::Skip() {
+  std::lock_guard<std::mutex> lock(draw_mutex_);
+  gen_.Skip(2 * static_cast<uint64_t>(n_));
+  next_ = chunks();
 }
 
 }  // namespace caffe2_ort

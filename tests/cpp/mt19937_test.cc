@@ -1,5 +1,6 @@
 // Every CPU path of the caffe2_mt19937 stream against std::mt19937 (the standard library's MT19937,
 // an independent implementation) and against Caffe2's keep rule computed in double.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -41,8 +42,22 @@ int main() {
         Mt19937Stream stream(seed, isa);
         const uint64_t keep_below = Mt19937KeepBelow(ratio);
         for (size_t n : sizes) {
+          // one segment per size, in chunks of 64 and of 512 elements (and ratio 0 / 1 skip)
+          const size_t chunk = n % 2 == 0 ? 64 : 512;
           std::vector<uint64_t> bits((n + 63) / 64, ~uint64_t{0});
-          stream.KeepBits(n, keep_below, bits.data());
+          Mt19937Segment segment(stream, n, chunk, keep_below);
+          if (n == 313) {  // the skip path consumes the same words
+            segment.Skip();
+            for (size_t e = 0; e < 2 * n; ++e) words();
+            continue;
+          }
+          for (size_t k = 0; k < segment.chunks(); ++k) {
+            std::vector<uint64_t> part((chunk + 63) / 64, ~uint64_t{0});
+            const size_t c = segment.DrawNext(part.data());
+            if (c != k && failures++ < 10) std::printf("chunk order: %zu after %zu\n", c, k);
+            const size_t len = std::min(chunk, n - c * chunk);
+            for (size_t w = 0; w < (len + 63) / 64; ++w) bits[c * chunk / 64 + w] = part[w];
+          }
           for (size_t e = 0; e < n; ++e) {
             const uint64_t hi = words(), lo = words();
             const double u = static_cast<double>(((hi << 32) | lo) & ((uint64_t{1} << 53) - 1)) * std::ldexp(1.0, -53);
