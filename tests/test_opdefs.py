@@ -320,3 +320,9 @@ def test_escape_matches_the_native_rule():
     assert D.escape(b"\xff\xfe") == "\\xff\\xfe"
     assert D.escape("a\\b\n\u00e9") == "a\\\\b\\x0a\u00e9"
     assert D.escape(b"\xc0\xaf\xed\xa0\x80") == "\\xc0\\xaf\\xed\\xa0\\x80"  # overlong and surrogate: not UTF-8
+
+
+def test_reference_seed_none_is_a_fresh_seed():
+    x = np.ones(4096, np.float32)
+    assert not np.array_equal(R.dropout(x, seed=None)[1], R.dropout(x, seed=None)[1])
+    assert np.array_equal(R.dropout(x)[1], R.dropout(x, seed=0)[1])

@@ -191,8 +191,10 @@ def check_attributes(op: str, **values) -> dict:
 def dropout(x, ratio=_RATIO, is_test=_IS_TEST, seed=0, base=0, rng=_RNG):
     """Caffe2 Dropout. Returns (Y, mask); the mask is all true in test mode. ``base``: the Philox block
     counter, or under rng="caffe2_mt19937" the number of elements drawn before. ``seed`` is 0 unless
-    given (this function is stateless; :class:`DropoutStream` takes a fresh seed as a kernel does)."""
+    given (this function is stateless, so a reproducible default); ``seed=None`` draws a fresh one."""
     a = check_attributes("Dropout", ratio=ratio, is_test=is_test, seed=seed, rng=rng)
+    if a["seed"] is None:  # as a seedless node: a fresh 64-bit seed
+        a["seed"] = _defs.fresh_seed()
     x = np.asarray(x)
     _check_dtype(x.dtype)
     if a["is_test"]:
