@@ -20,5 +20,6 @@ run_with() {
   "$venv/bin/python" -m pytest -p no:cacheprovider "$@"
 }
 
-run_with 1.17.3 -q tests/test_dropout_cpu.py tests/test_rng_contract.py tests/test_op_errors.py tests/test_library.py
+run_with 1.17.3 -q tests/test_dropout_cpu.py tests/test_rng_contract.py tests/test_op_errors.py tests/test_library.py \
+  tests/test_opdefs.py tests/test_caffe2_rng.py
 run_with 1.16.3 -q tests/test_library.py -k old_runtime

@@ -59,3 +59,19 @@ def test_in_place_after_relu():
     y, ref_m = R.dropout(a, ratio=0.5, seed=9)
     assert np.array_equal(m, ref_m)
     assert np.array_equal(bits(dx), bits(R.dropout_grad(np.maximum(y, 0), ref_m, ratio=0.5)))
+
+
+def test_mt19937_stream_paths_against_std_mt19937(tmp_path):
+    """Every ISA path of the caffe2_mt19937 stream (words, skips, keep bits) against std::mt19937."""
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no C++ compiler found (the build needs one anyway)")
+        pytest.skip("no C++ compiler found")
+    exe = tmp_path / "mt19937_test"
+    subprocess.run([cxx, "-std=c++17", "-O2", f"-I{REPO / 'ort_ops'}", str(REPO / "tests/cpp/mt19937_test.cc"),
+                    str(REPO / "ort_ops/cpu/mt19937_keep_bits.cc"), str(REPO / "ort_ops/cpu/keep_bits.cc"),
+                    "-o", str(exe)], check=True, timeout=300)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout
+    assert out.stdout.strip().endswith("ok") and "checked scalar" in out.stdout

@@ -44,10 +44,12 @@ def test_cudnn_engine_on_cpu_runs_the_default_kernel():
     assert np.array_equal(a[1], b[1]) and np.array_equal(a[0], b[0])
 
 
-@pytest.mark.parametrize("attr,value,kind", [("ratio", 1, "float"), ("is_test", 1.0, "int"), ("engine", 3, "string"), ("seed", 1.5, "int")])
-def test_wrongly_typed_attributes(attr, value, kind):
+@pytest.mark.parametrize("attr,value,kind,got", [("ratio", 1, "FLOAT", "INT"), ("is_test", 1.0, "INT", "FLOAT"),
+                                                ("engine", 3, "STRING", "INT"), ("seed", 1.5, "INT", "FLOAT"),
+                                                ("rng", [1], "STRING", "INTS")])
+def test_wrongly_typed_attributes(attr, value, kind, got):
     msg = creation_error(plain_dropout_model(name="typed", **{attr: value}))
-    assert f"attribute {attr} must be a{'n' if kind == 'int' else ''} {kind}" in msg
+    assert f"ai.caffe2 Dropout node 'typed': attribute {attr} must be {kind}, got {got}" in msg
 
 
 def test_training_grad_without_mask_fails_at_session_creation():

@@ -74,9 +74,9 @@ def test_rank0_and_cudnn_mask():
 @pytest.mark.parametrize(
     "node, message",
     [
-        (h.make_node("Dropout", ["X"], ["Y"], domain="ai.caffe2", ratio=1.5), "ratio must be in [0, 1]"),
-        (h.make_node("Dropout", ["X"], ["Y"], domain="ai.caffe2", ratio=float("nan")), "ratio must be in [0, 1]"),
-        (h.make_node("Dropout", ["X"], ["Y"], domain="ai.caffe2", engine="MKL"), "engine 'MKL'"),
+        (h.make_node("Dropout", ["X"], ["Y"], domain="ai.caffe2", ratio=1.5), "ratio = 1.5 is out of range; valid: 0 <= ratio <= 1"),
+        (h.make_node("Dropout", ["X"], ["Y"], domain="ai.caffe2", ratio=float("nan")), "ratio = nan is out of range"),
+        (h.make_node("Dropout", ["X"], ["Y"], domain="ai.caffe2", engine="MKL"), "engine = 'MKL' is not supported"),
         (h.make_node("DropoutGrad", ["X"], ["Y"], domain="ai.caffe2"), "needs the mask input"),
         (h.make_node("DropoutGrad", ["X", "M"], ["Y"], domain="ai.caffe2"), "mask has 4 elements but dY has 6"),
     ],

@@ -13,13 +13,19 @@ namespace caffe2_ort {
 
 enum class Engine { kDefault, kCudnn };
 
+// Which mask stream a Dropout draws (its rng attribute): the Philox contract, or Caffe2's own CPU
+// MT19937 stream. DropoutGrad has no rng (its mask carries the draw).
+enum class Rng { kPhilox, kCaffe2Mt19937 };
+
 struct DropoutConfig {
   std::string op;          // "Dropout" or "DropoutGrad", for messages
   std::string node;        // the node's name, for messages
   float ratio = 0.5f;
   bool is_test = false;
   Engine engine = Engine::kDefault;
-  uint64_t seed = 0;       // the seed attribute read as uint64, or a fresh random one
+  Rng rng = Rng::kPhilox;  // Dropout only
+  std::string rng_text;    // the rng attribute as written ("" when absent), escaped, for messages
+  uint64_t seed = 0;       // the seed attribute read as uint64, or a fresh random one (FreshSeed)
   bool seeded = false;     // whether the node carried a seed
   uint64_t threshold = 0;  // drop iff Philox word < threshold (0 keeps all, 2^32 drops all)
   float scale = 0.0f;      // 1 / (1 - ratio) rounded to float; 0 when ratio = 1
@@ -29,13 +35,25 @@ struct DropoutConfig {
   bool ConsumesCounter() const { return !is_test && ratio != 0.0f; }
   bool DropsAll() const { return threshold >= (uint64_t{1} << 32); }
   PhiloxKey Key() const { return PhiloxKeyFromSeed(seed); }
+  // rng = "caffe2_mt19937": the generator is seeded with seed mod 2^32.
+  uint32_t Mt19937Seed() const { return static_cast<uint32_t>(seed); }
   // "ai.caffe2 Dropout node 'name'" for error messages.
   std::string Where() const;
 };
 
-// Reads ratio, is_test, engine (and seed for Dropout) from the node; throws OpError with a message
-// naming the op, the node and the offending value.
+// Reads ratio, is_test, engine (and seed and rng for Dropout: with_seed) from the node; throws OpError
+// with a message naming the op, the node and the offending value. An attribute of the wrong kind
+// (e.g. ratio as INTS or TENSOR) is refused naming the kind found and the kind expected; string
+// values with a NUL byte are refused, and are echoed escaped (UTF-8 kept, other bytes as \xNN). DropoutGrad
+// refuses seed and rng (they belong to the forward op).
 DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed);
+
+// A fresh 64-bit seed for a seedless node: 64 bits from getrandom(2), else /dev/urandom.
+uint64_t FreshSeed();
+
+// Writes a warning into the session's log (ORT's logger of this kernel); does nothing when the
+// runtime offers no logger.
+void LogWarning(const OrtKernelInfo* info, const std::string& message);
 
 // DropoutGrad in training (is_test = 0) needs its mask input; throws at kernel creation otherwise.
 void RequireTrainingMask(const DropoutConfig& config, bool has_mask);

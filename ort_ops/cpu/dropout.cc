@@ -1,5 +1,6 @@
 #include "cpu/dropout.h"
 
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -21,7 +22,13 @@ constexpr size_t kSliceElements = 256;
 template <Elem E>
 CpuDropout<E>::CpuDropout(const OrtKernelInfo* info)
     : config_(ReadDropoutConfig(info, "Dropout", /*with_seed=*/true)), has_mask_(HasOutput(info, 1)),
-      isa_(SelectCpuIsa()) {}
+      isa_(SelectCpuIsa()) {
+  // engine CUDNN on the CPU EP runs this kernel, so rng applies as for the default engine.
+  if (config_.rng == Rng::kCaffe2Mt19937) {
+    mt_ = std::make_unique<Mt19937Stream>(config_.Mt19937Seed(), isa_);
+    mt_keep_below_ = Mt19937KeepBelow(config_.ratio);
+  }
+}
 
 template <Elem E>
 void CpuDropout<E>::Compute(OrtKernelContext* context) {
@@ -45,6 +52,8 @@ void CpuDropout<E>::Compute(OrtKernelContext* context) {
     return;
   }
 
+  if (mt_ != nullptr) return ComputeMt19937(context, n, x, y, mask);
+
   const uint64_t base = config_.ConsumesCounter() ? counter_.Reserve(DropoutBlocksFor(n)) : 0;
   const bool streaming = n * sizeof(Storage) >= kStreamingBytes;
   const PhiloxKey key = config_.Key();
@@ -61,6 +70,38 @@ void CpuDropout<E>::Compute(OrtKernelContext* context) {
       const size_t len = std::min(kSliceElements, end - s);
       if (draws) KeepBits(isa, key, base + s / 4, (len + kBitsPerWord - 1) / kBitsPerWord, threshold, bits);
       ApplyKeepBits<E>(isa, x + s, y + s, mask ? mask + s : nullptr, len, bits, scale, streaming);
+    }
+    if (streaming) StoreFence();
+  });
+}
+
+template <Elem E>
+void CpuDropout<E>::ComputeMt19937(OrtKernelContext* context, size_t n, const typename ElemTraits<E>::Storage* x,
+                                   typename ElemTraits<E>::Storage* y, bool* mask) {
+  // The run holds the node's stream until it returns, so concurrent runs take consecutive segments.
+  // Caffe2 draws two words per element on every training run, ratio 0 and 1 included.
+  Mt19937Segment segment(*mt_, n, kCpuTaskElements, mt_keep_below_);
+  const bool constant = config_.ratio == 0.0f || config_.DropsAll();
+  if (constant) segment.Skip();
+  const uint64_t constant_bits = config_.ratio == 0.0f ? ~uint64_t{0} : 0;
+  const bool streaming = n * sizeof(typename ElemTraits<E>::Storage) >= kStreamingBytes;
+  const float scale = config_.scale;
+  const CpuIsa isa = isa_;
+  ParallelOverElements(context, n, [&](size_t task_begin, size_t task_end) {
+    uint64_t bits[kCpuTaskElements / kBitsPerWord];
+    size_t begin = task_begin, end = task_end;
+    if (constant) {
+      std::fill(std::begin(bits), std::end(bits), constant_bits);
+    } else {
+      // Each task draws the next chunk in stream order (serialised) and applies that chunk while
+      // another task draws the following one; which chunk a task gets does not change the result.
+      begin = segment.DrawNext(bits) * kCpuTaskElements;
+      end = std::min(n, begin + kCpuTaskElements);
+    }
+    for (size_t s = begin; s < end; s += kSliceElements) {
+      const size_t len = std::min(kSliceElements, end - s);
+      ApplyKeepBits<E>(isa, x + s, y + s, mask ? mask + s : nullptr, len, bits + (s - begin) / kBitsPerWord, scale,
+                       streaming);
     }
     if (streaming) StoreFence();
   });

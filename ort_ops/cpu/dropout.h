@@ -2,12 +2,14 @@
 #pragma once
 
 #include <array>
+#include <memory>
 #include <utility>
 
 #include "common/custom_op.h"
 #include "common/dropout_config.h"
 #include "common/element_types.h"
 #include "cpu/keep_bits.h"
+#include "cpu/mt19937_keep_bits.h"
 
 namespace caffe2_ort {
 
@@ -24,6 +26,11 @@ class CpuDropout {
   bool has_mask_;
   CpuIsa isa_;
   PhiloxCounter counter_;
+  std::unique_ptr<Mt19937Stream> mt_;  // rng = "caffe2_mt19937" only
+  uint64_t mt_keep_below_ = 0;
+
+  void ComputeMt19937(OrtKernelContext* context, size_t n, const typename ElemTraits<E>::Storage* x,
+                      typename ElemTraits<E>::Storage* y, bool* mask);
 };
 
 // Y gets X's shape in ORT's graph-level shape inference.

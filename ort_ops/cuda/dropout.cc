@@ -14,6 +14,18 @@ namespace cuda {
 template <Elem E>
 CudaDropout<E>::CudaDropout(const OrtKernelInfo* info)
     : config_(ReadDropoutConfig(info, "Dropout", /*with_seed=*/true)), has_mask_(HasOutput(info, 1)) {
+  if (config_.rng == Rng::kCaffe2Mt19937) {
+    if (config_.engine == Engine::kCudnn) {
+      // As in Caffe2 on a GPU, cuDNN draws its own masks; the model must still run.
+      LogWarning(info, config_.Where() + ": rng = '" + config_.rng_text +
+                           "' does not apply under engine 'CUDNN' on the CUDA execution provider: cuDNN draws the "
+                           "masks (as Caffe2's GPU did)");
+    } else {
+      Fail(ORT_NOT_IMPLEMENTED, config_.Where(), ": rng = '", config_.rng_text,
+           "' (Caffe2's CPU MT19937 stream) is not available on the CUDA execution provider; run this node on "
+           "the CPU execution provider, or use rng = 'philox'");
+    }
+  }
   if (config_.engine == Engine::kCudnn) {
     RequireCudnnSupport(config_.Where(), E);
     // ratio = 1 runs the default kernel (it drops everything, drawing nothing); cuDNN is not needed.

@@ -6,9 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-DOMAIN = "ai.caffe2"
-OPSET_VERSION = 1
-ENGINES = ("", "DEFAULT", "CUDNN")  # accepted values of the engine attribute
+from .opdefs import DOMAIN, ENGINES, OPSET_VERSION, RNGS  # noqa: F401 - re-exported; the op table owns them
 
 _CPU_NAME = "libcaffe2_ort.so"
 _CUDA_NAME = "libcaffe2_ort_cuda.so"  # CPU and CUDA kernels together, one ai.caffe2 domain

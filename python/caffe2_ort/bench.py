@@ -92,12 +92,13 @@ def _ort_runner(model, x, threads, register):
     return lambda: sess.run_with_iobinding(binding)
 
 
-def _caffe2_model():
+def _caffe2_model(rng=""):
     from onnx import TensorProto, helper
 
     from ._library import DOMAIN
 
-    node = helper.make_node("Dropout", ["X"], ["Y", "mask"], domain=DOMAIN, ratio=RATIO, seed=1)
+    node = helper.make_node("Dropout", ["X"], ["Y", "mask"], domain=DOMAIN, ratio=RATIO, seed=1,
+                            **({"rng": rng} if rng else {}))
     graph = helper.make_graph(
         [node], "bench", [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
@@ -134,7 +135,7 @@ def measure(sizes, threads_list, min_time=0.4, use_torch=True):
         have_torch = use_torch
     except ImportError:
         have_torch = False
-    caffe2_model, onnx_model = _caffe2_model(), _onnx_dropout_model()
+    caffe2_model, onnx_model, mt_model = _caffe2_model(), _onnx_dropout_model(), _caffe2_model("caffe2_mt19937")
     rows = []
     for log2n in sizes:
         n = 1 << log2n
@@ -146,6 +147,7 @@ def measure(sizes, threads_list, min_time=0.4, use_torch=True):
             copy.close()
             del copy
             results["ai.caffe2 Dropout"] = _median_time(_ort_runner(caffe2_model, x, threads, True), min_time)
+            results["ai.caffe2 caffe2_mt19937"] = _median_time(_ort_runner(mt_model, x, threads, True), min_time)
             results["ORT Dropout (opset 13)"] = _median_time(_ort_runner(onnx_model, x, threads, False), min_time)
             if have_torch:
                 results["torch dropout"] = _median_time(_torch_runner(x, threads), min_time)

@@ -30,7 +30,7 @@ def _model(op_type, dtype, inputs, outputs, **attrs):
 
 def run_checks(out=sys.stdout) -> int:
     """Prints a report; returns the number of failed checks."""
-    from . import __version__, reference
+    from . import __version__, opdefs, reference
     from ._library import available_providers, get_library_path
 
     failures = 0
@@ -63,19 +63,36 @@ def run_checks(out=sys.stdout) -> int:
     seed, ratio = 1234, 0.3
     expected_y, expected_mask = reference.dropout(x, ratio=ratio, seed=seed)
     expected_dx = reference.dropout_grad(x, expected_mask, ratio=ratio)
+    mt = opdefs.RNG_CAFFE2
+    mt_y, mt_mask = reference.dropout(x, ratio=ratio, seed=seed, rng=mt)
     checks = [
         ("Dropout", _model("Dropout", TensorProto.FLOAT, ["X"], ["Y", "mask"], ratio=ratio, seed=seed),
          {"X": x}, [expected_y, expected_mask]),
         ("DropoutGrad", _model("DropoutGrad", TensorProto.FLOAT, ["dY", "mask"], ["dX"], ratio=ratio),
          {"dY": x, "mask": expected_mask}, [expected_dx]),
+        (f"Dropout rng={mt}", _model("Dropout", TensorProto.FLOAT, ["X"], ["Y", "mask"], ratio=ratio, seed=seed, rng=mt),
+         {"X": x}, [mt_y, mt_mask]),
     ]
     for provider in available_providers():
         for name, model, feeds, expected in checks:
             label = f"{name} on {provider}"
+            # Caffe2's CPU stream is CPU-only: the CUDA EP must refuse it at session creation, saying so.
+            refusal = (opdefs.cuda_rng_message(opdefs.where("Dropout", "check_Dropout"), mt)
+                       if "rng=" in name and provider == "CUDAExecutionProvider" else None)
             try:
                 so = ort.SessionOptions()
                 so.register_custom_ops_library(path)
-                sess = ort.InferenceSession(model.SerializeToString(), so, providers=[provider])
+                try:
+                    sess = ort.InferenceSession(model.SerializeToString(), so, providers=[provider])
+                except Exception as e:
+                    if refusal is None or refusal not in str(e):
+                        raise
+                    print(f"ok    {label}: refused at session creation, as documented", file=out)
+                    continue
+                if refusal is not None:
+                    failures += 1
+                    print(f"FAIL  {label}: the session was created; expected: {refusal}", file=out)
+                    continue
                 got = sess.run(None, feeds)
                 same = all(np.array_equal(g, e) for g, e in zip(got, expected))
                 if same:

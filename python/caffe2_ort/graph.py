@@ -16,9 +16,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import opdefs as _defs
 from . import reference as _ref
 
 from ._library import DOMAIN, OPSET_VERSION
+
+_RATIO, _ENGINE, _RNG = (_defs.DROPOUT.attr(n).default for n in ("ratio", "engine", "rng"))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,22 +142,30 @@ def _producer_index(graph):
 # building Dropout nodes
 
 
-def make_dropout(x, y, mask=None, *, ratio=0.5, is_test=False, seed=None, engine="", name=None, domain=DOMAIN):
-    """A ``NodeProto`` for ai.caffe2 Dropout (X) -> (Y, mask?). ``seed=None``: a random seed per session."""
-    kw = {"ratio": float(ratio), "is_test": int(bool(is_test))}
+def make_dropout(x, y, mask=None, *, ratio=_RATIO, is_test=False, seed=None, engine=_ENGINE, rng=_RNG, name=None,
+                 domain=DOMAIN):
+    """A ``NodeProto`` for ai.caffe2 Dropout (X) -> (Y, mask?). ``seed=None``: a random seed per session;
+    ``rng="caffe2_mt19937"``: Caffe2's own CPU mask stream. Attributes are checked by the op table
+    (:mod:`caffe2_ort.opdefs`), with the native kernels' messages."""
+    a = _defs.DROPOUT.validate({"ratio": ratio, "is_test": int(bool(is_test)), "seed": seed, "engine": engine,
+                                "rng": rng}, node=name)
+    kw = {"ratio": a["ratio"], "is_test": a["is_test"]}
     if seed is not None:
-        kw["seed"] = int(seed)
-    if engine:
-        kw["engine"] = engine
+        kw["seed"] = _defs.seed_as_int64(a["seed"])
+    if a["engine"]:
+        kw["engine"] = a["engine"]
+    if a["rng"]:
+        kw["rng"] = a["rng"]
     outputs = [y] + ([mask] if mask else [])
     return helper.make_node("Dropout", [x], outputs, name=name or f"{y}_dropout", domain=domain, **kw)
 
 
-def make_dropout_grad(dy, dx, mask=None, *, ratio=0.5, is_test=False, engine="", name=None, domain=DOMAIN):
+def make_dropout_grad(dy, dx, mask=None, *, ratio=_RATIO, is_test=False, engine=_ENGINE, name=None, domain=DOMAIN):
     """A ``NodeProto`` for ai.caffe2 DropoutGrad (dY, mask?) -> dX."""
-    kw = {"ratio": float(ratio), "is_test": int(bool(is_test))}
-    if engine:
-        kw["engine"] = engine
+    a = _defs.DROPOUT_GRAD.validate({"ratio": ratio, "is_test": int(bool(is_test)), "engine": engine}, node=name)
+    kw = {"ratio": a["ratio"], "is_test": a["is_test"]}
+    if a["engine"]:
+        kw["engine"] = a["engine"]
     inputs = [dy] + ([mask] if mask else [])
     return helper.make_node("DropoutGrad", inputs, [dx], name=name or f"{dx}_dropout_grad", domain=domain, **kw)
 
@@ -165,9 +176,10 @@ def add_dropout(
     *,
     output=None,
     training=False,
-    ratio=0.5,
+    ratio=_RATIO,
     seed=None,
-    engine="",
+    engine=_ENGINE,
+    rng=_RNG,
     mask=None,
     expose_mask=True,
     rewire=True,
@@ -182,7 +194,7 @@ def add_dropout(
     form (is_test=0) with a mask output named ``mask`` (default ``<y>_mask``), which ``expose_mask`` adds to
     the graph outputs (it needs ``x``'s type, so give the graph its input types). ``training=False``
     builds the inference form (is_test=1, no mask). Given a ``ModelProto``, the ai.caffe2 opset is
-    imported too.
+    imported too. ``rng``: the mask stream ("caffe2_mt19937" = Caffe2's own CPU stream).
     """
     model = model_or_graph if isinstance(model_or_graph, onnx.ModelProto) else None
     graph = model.graph if model is not None else model_or_graph
@@ -190,7 +202,7 @@ def add_dropout(
     y = output or names(f"{x}_dropout")
     names.used.add(y)
     m = (mask or names(f"{y}_mask")) if training else None
-    node = make_dropout(x, y, m, ratio=ratio, is_test=not training, seed=seed, engine=engine,
+    node = make_dropout(x, y, m, ratio=ratio, is_test=not training, seed=seed, engine=engine, rng=rng,
                         name=name or names(f"{y}_node"), domain=domain)
     if rewire:
         for n in graph.node:
@@ -341,13 +353,13 @@ def with_fixed_masks(model, *, domain=DOMAIN):
     types = _infer(model)
     new_nodes, mask_inputs = [], []
     for n in g.node:
-        a = _attrs(n)
-        if not (_is_ours(n, "Dropout", domain) and not a.get("is_test", 0)):
+        if not (_is_ours(n, "Dropout", domain) and not _defs.DROPOUT.validate_node(n)["is_test"]):
             new_nodes.append(n)
             continue
+        a = _defs.DROPOUT.validate_node(n)
         m = n.output[1] if len(n.output) > 1 and n.output[1] else names(f"{n.output[0]}_mask")
         et = _elem_type(types, n.input[0])
-        new_nodes.extend(_exact_mask_apply(names, n.input[0], m, n.output[0], et, a.get("ratio", 0.5),
+        new_nodes.extend(_exact_mask_apply(names, n.input[0], m, n.output[0], et, a["ratio"],
                                            n.name or n.output[0]))
         vi = helper.make_tensor_value_info(m, TensorProto.BOOL, None)
         if types.get(n.input[0]) is not None and types[n.input[0]].tensor_type.HasField("shape"):
@@ -415,7 +427,8 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
     Kept: ratio, is_test (as training_mode), the Y and mask outputs (bool, true = kept), test-mode
     outputs bit for bit. Lost: the masks themselves (ONNX Runtime's Dropout uses its own generator; a
     ``seed`` is copied to ONNX's seed attribute, which seeds that other generator), the per-node RNG
-    counter contract, and ``engine`` (a CUDNN mask becomes an X-shaped bool mask). Not converted: ratio = 1
+    counter contract or Caffe2's stream (``rng``), and ``engine`` (a CUDNN mask becomes an X-shaped bool
+    mask). Not converted: ratio = 1
     in training (ONNX allows ratio in [0, 1) only). ``lower_grads``: DropoutGrad (no standard op)
     becomes Identity (test) or ``(dY * Cast(mask)) * scale`` in the kernel's precision, bit-exact.
     The default-domain opset must be >= 12.
@@ -428,12 +441,12 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
     names = _Names(g)
     report = ConversionReport()
     types = None
-    new_nodes, seeds, engines = [], False, set()
+    new_nodes, seeds, engines, rngs = [], False, set(), set()
     for n in g.node:
         label = n.name or n.output[0]
         if _is_ours(n, "Dropout", domain):
-            a = _attrs(n)
-            ratio, is_test = float(np.float32(a.get("ratio", 0.5))), int(a.get("is_test", 0))
+            a = _defs.DROPOUT.validate_node(n)  # the table's checks and defaults
+            ratio, is_test = a["ratio"], a["is_test"]
             if not is_test and ratio >= 1.0:
                 report.skipped.append((label, "ratio = 1 in training: ONNX Dropout needs ratio < 1"))
                 new_nodes.append(n)
@@ -443,11 +456,13 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
             onnx_ratio = 0.0 if ratio >= 1.0 else ratio
             g.initializer.extend([numpy_helper.from_array(np.array(onnx_ratio, np.float32), r),
                                   numpy_helper.from_array(np.array(not is_test), tm)])
-            kw = {"seed": int(a["seed"])} if "seed" in a else {}
-            seeds |= "seed" in a
-            eng = _text(a.get("engine", ""))
+            kw = {"seed": int(a["seed"])} if a["seed"] is not None else {}
+            seeds |= a["seed"] is not None
+            eng = a["engine"]
             if eng not in ("", "DEFAULT"):
                 engines.add(eng)
+            if a["rng"] not in ("", _defs.RNG_PHILOX):
+                rngs.add(a["rng"])
             new_nodes.append(helper.make_node("Dropout", [n.input[0], r, tm], list(n.output), name=n.name, **kw))
             report.converted.append(label)
         elif _is_ours(n, "DropoutGrad", domain):
@@ -455,13 +470,13 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
                 report.skipped.append((label, "DropoutGrad has no standard ONNX op (lower_grads=False)"))
                 new_nodes.append(n)
                 continue
-            a = _attrs(n)
-            if a.get("is_test", 0):
+            a = _defs.DROPOUT_GRAD.validate_node(n)
+            if a["is_test"]:
                 new_nodes.append(helper.make_node("Identity", [n.input[0]], [n.output[0]], name=n.name))
             else:
                 types = types or _infer(model)
                 new_nodes.extend(_exact_mask_apply(names, n.input[0], n.input[1], n.output[0],
-                                                   _elem_type(types, n.input[0]), a.get("ratio", 0.5), label))
+                                                   _elem_type(types, n.input[0]), a["ratio"], label))
             report.converted.append(label)
         else:
             new_nodes.append(n)
@@ -482,12 +497,14 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
         report.lost.append("seed semantics: copied to ONNX Dropout's seed, which seeds a different generator")
     if engines:
         report.lost.append(f"engine {sorted(engines)}: a CUDNN mask (reserve space) becomes an X-shaped bool mask")
+    if rngs:
+        report.lost.append(f"rng {sorted(rngs)}: ONNX Dropout draws its own masks, not Caffe2's stream")
     if warn and report.lost:
         warnings.warn("to_onnx_dropout: " + "; ".join(report.lost), stacklevel=2)
     return model, report
 
 
-def from_onnx_dropout(model, *, seed=None, engine="", warn=True, domain=DOMAIN):
+def from_onnx_dropout(model, *, seed=None, engine=_ENGINE, rng=_RNG, warn=True, domain=DOMAIN):
     """Replace standard ONNX Dropout with ai.caffe2 Dropout. Returns ``(model, ConversionReport)``.
 
     ``ratio`` and ``training_mode`` must be constants (initializers or Constant nodes) or absent (0.5, and
@@ -495,7 +512,8 @@ def from_onnx_dropout(model, *, seed=None, engine="", warn=True, domain=DOMAIN):
     converted node that seed plus its index (distinct streams); None keeps ONNX's seed attribute where
     present (with the Philox contract, so masks differ from ORT's Dropout for it) and leaves the others
     seedless. Lost: the exact masks of ONNX Runtime's generator. A node whose mask is not bool (opset 7)
-    or whose ratio/training_mode is computed at run time is left alone and reported.
+    or whose ratio/training_mode is computed at run time is left alone and reported. ``rng``: the mask
+    stream the new nodes draw ("caffe2_mt19937" = Caffe2's own CPU stream).
     """
     model = copy.deepcopy(model)
     g = model.graph
@@ -526,7 +544,7 @@ def from_onnx_dropout(model, *, seed=None, engine="", warn=True, domain=DOMAIN):
         node_seed = (int(seed) + k) if seed is not None else a.get("seed")
         k += 1
         new_nodes.append(make_dropout(n.input[0], n.output[0], n.output[1] if len(n.output) > 1 else None,
-                                      ratio=ratio, is_test=not training, seed=node_seed, engine=engine,
+                                      ratio=ratio, is_test=not training, seed=node_seed, engine=engine, rng=rng,
                                       name=n.name or None, domain=domain))
         orphans.extend(n.input[1:])
         report.converted.append(label)

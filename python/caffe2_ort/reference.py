@@ -1,16 +1,29 @@
-"""A numpy reference of ai.caffe2 Dropout and DropoutGrad that follows the RNG contract bit for bit.
+"""A numpy reference of ai.caffe2 Dropout and DropoutGrad that follows both mask streams bit for bit.
 
-The contract (see README, "The RNG contract"): element ``i`` (row-major) of a mask drawn at ``base``
-uses Philox4x32-10 block ``b = base + i // 4`` with counter ``(b mod 2**32, b // 2**32, 0, 0)`` and
-key ``(seed mod 2**32, seed // 2**32 mod 2**32)``, and takes output word ``i % 4``. The element is
-kept iff that word is >= ``min(2**32, floor(ratio * 2**32))``. Every function here is vectorised.
+``rng = "philox"`` (or ""; see README, "The RNG contract"): element ``i`` (row-major) of a mask drawn
+at ``base`` uses Philox4x32-10 block ``b = base + i // 4`` with counter ``(b mod 2**32, b // 2**32, 0,
+0)`` and key ``(seed mod 2**32, seed // 2**32 mod 2**32)``, and takes output word ``i % 4``. The
+element is kept iff that word is >= ``min(2**32, floor(ratio * 2**32))``.
+
+``rng = "caffe2_mt19937"`` (real Caffe2's CPU stream): one MT19937 seeded with ``seed mod 2**32``
+(init_genrand; numpy's MT19937 with legacy seeding, as behind ``np.random.RandomState(seed)``, yields
+the same words); element ``i`` of a run takes the next two words ``hi, lo``, ``u = (((hi << 32) | lo)
+& (2**53 - 1)) * 2**-53``, and is kept iff ``u < 1 - ratio`` (ratio as float32, in double). Training
+runs consume two words per element, ratio 0 included; test mode draws nothing. Here ``base`` counts
+the elements drawn before (2 words each).
+
+Attribute values are checked as the native kernels check them (:mod:`caffe2_ort.opdefs`), with the
+same messages. Every function here is vectorised.
 """
 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
+
+from . import opdefs as _defs
 
 PHILOX_M0 = np.uint64(0xD2511F53)
 PHILOX_M1 = np.uint64(0xCD9E8D57)
@@ -135,46 +148,123 @@ def apply_mask(x: np.ndarray, keep: np.ndarray, ratio: float) -> np.ndarray:
         return y.astype(x.dtype)
 
 
-def dropout(x, ratio=0.5, is_test=0, seed=0, base=0):
-    """Caffe2 Dropout. Returns (Y, mask); the mask is all true in test mode."""
+def mt19937(seed: int) -> np.random.MT19937:
+    """A numpy MT19937 in the state of init_genrand(seed mod 2**32), Caffe2's (and std::mt19937's) seeding."""
+    bg = np.random.MT19937(0)
+    bg.state = np.random.RandomState(int(seed) & 0xFFFFFFFF).get_state(legacy=False)
+    return bg
+
+
+def mt19937_keep(words: np.ndarray, ratio: float) -> np.ndarray:
+    """Caffe2's keep decisions from 2 n 32-bit words (hi, lo per element), literally as Caffe2 computes
+    them: u = ((hi << 32 | lo) & (2**53 - 1)) * 2**-53 in double, kept iff u < 1 - (double)ratio."""
+    w = np.asarray(words, dtype=np.uint64).reshape(-1, 2)
+    v = ((w[:, 0] << _SHIFT32) | w[:, 1]) & np.uint64((1 << 53) - 1)
+    u = v.astype(np.float64) * 2.0**-53  # exact: v < 2**53
+    return u < 1.0 - float(np.float32(ratio))
+
+
+def mt19937_keep_mask(seed: int, base: int, shape, ratio: float) -> np.ndarray:
+    """The keep-mask of a caffe2_mt19937 training run after ``base`` elements were drawn."""
+    shape = tuple(int(d) for d in shape)
+    numel = int(np.prod(shape, dtype=np.int64))
+    bg = mt19937(seed)
+    skip = 2 * int(base)
+    while skip:
+        step = min(skip, 1 << 24)
+        bg.random_raw(step)
+        skip -= step
+    return mt19937_keep(bg.random_raw(2 * numel), ratio).reshape(shape)
+
+
+_RATIO = _defs.DROPOUT.attr("ratio").default
+_IS_TEST = _defs.DROPOUT.attr("is_test").default
+_RNG = _defs.DROPOUT.attr("rng").default
+
+
+def check_attributes(op: str, **values) -> dict:
+    """Validates attributes as the native kernel does at session creation, with its messages;
+    returns them with the defaults filled in."""
+    return _defs.OPS[op].validate(values)
+
+
+def dropout(x, ratio=_RATIO, is_test=_IS_TEST, seed=0, base=0, rng=_RNG):
+    """Caffe2 Dropout. Returns (Y, mask); the mask is all true in test mode. ``base``: the Philox block
+    counter, or under rng="caffe2_mt19937" the number of elements drawn before. ``seed`` is 0 unless
+    given (this function is stateless, so a reproducible default); ``seed=None`` draws a fresh one."""
+    a = check_attributes("Dropout", ratio=ratio, is_test=is_test, seed=seed, rng=rng)
+    if a["seed"] is None:  # as a seedless node: a fresh 64-bit seed
+        a["seed"] = _defs.fresh_seed()
     x = np.asarray(x)
     _check_dtype(x.dtype)
-    if is_test:
+    if a["is_test"]:
         return x.copy(), np.ones(x.shape, dtype=bool)
-    keep = keep_mask(seed, base, x.shape, ratio)
-    return apply_mask(x, keep, ratio), keep
+    if a["rng"] == _defs.RNG_CAFFE2:
+        keep = mt19937_keep_mask(a["seed"], base, x.shape, a["ratio"])
+    else:
+        keep = keep_mask(a["seed"], base, x.shape, a["ratio"])
+    return apply_mask(x, keep, a["ratio"]), keep
 
 
-def dropout_grad(dy, mask=None, ratio=0.5, is_test=0):
+def dropout_grad(dy, mask=None, ratio=_RATIO, is_test=_IS_TEST):
     """Caffe2 DropoutGrad: dX = dY in test mode, else (dY * m) * scale."""
+    a = check_attributes("DropoutGrad", ratio=ratio, is_test=is_test)
+    label = _defs.where("DropoutGrad")
     dy = np.asarray(dy)
     _check_dtype(dy.dtype)
-    if is_test:
+    if a["is_test"]:
         return dy.copy()
     if mask is None:
-        raise ValueError("ai.caffe2 DropoutGrad: training mode (is_test=0) needs the mask input")
+        raise ValueError(_defs.mask_required_message(label))
     mask = np.asarray(mask)
     if mask.size != dy.size:
-        raise ValueError(
-            f"ai.caffe2 DropoutGrad: mask has {mask.size} elements but dY has {dy.size}"
-        )
+        raise ValueError(_defs.mask_count_message(label, mask.size, dy.size))
     ct = _compute_dtype(dy.dtype)
-    scale = ct.type(drop_scale(ratio))
+    scale = ct.type(drop_scale(a["ratio"]))
     with np.errstate(invalid="ignore", over="ignore"):
         dx = (dy.astype(ct) * (mask.reshape(dy.shape) != 0).astype(ct)) * scale
         return dx.astype(dy.dtype)
 
 
 class DropoutStream:
-    """The per-node counter of the RNG contract: run k of a fresh session draws at base sum of earlier runs."""
+    """One Dropout node's stream, like a native kernel instance: run k of a fresh stream gives the
+    mask of run k of a fresh session. ``seed=None``: a fresh random seed (:func:`opdefs.fresh_seed`).
 
-    def __init__(self, seed: int):
-        self.seed = int(seed)
+    ``counter``: under rng="philox" the Philox block counter (run k draws at the sum of the earlier
+    runs' ceil(numel/4)); under rng="caffe2_mt19937" the 32-bit words drawn so far (2 per element of
+    every training run). Runs are serialised, so concurrent callers take consecutive segments.
+    """
+
+    def __init__(self, seed=None, rng=_RNG):
+        self.seed = _defs.fresh_seed() if seed is None else int(seed)
+        self.rng = check_attributes("Dropout", seed=self.seed, rng=rng)["rng"]
         self.counter = 0
+        self._lock = threading.Lock()
+        self._mt = mt19937(self.seed) if self.rng == _defs.RNG_CAFFE2 else None
 
-    def run(self, x, ratio=0.5, is_test=0):
+    def draw(self, shape, ratio=_RATIO, is_test=_IS_TEST):
+        """The keep-mask of the next run (all true in test mode, which draws nothing)."""
+        a = check_attributes("Dropout", ratio=ratio, is_test=is_test)
+        shape = tuple(int(d) for d in shape)
+        numel = int(np.prod(shape, dtype=np.int64))
+        if a["is_test"]:
+            return np.ones(shape, dtype=bool)
+        with self._lock:
+            if self._mt is not None:
+                words = self._mt.random_raw(2 * numel)
+                self.counter += 2 * numel
+                return mt19937_keep(words, a["ratio"]).reshape(shape)
+            base = self.counter
+            if consumes_rng(a["ratio"], 0):
+                self.counter += blocks_for(numel)
+        return keep_mask(self.seed, base, shape, a["ratio"])
+
+    def run(self, x, ratio=_RATIO, is_test=_IS_TEST):
+        """(Y, mask) of the next run."""
         x = np.asarray(x)
-        base = self.counter
-        if consumes_rng(ratio, is_test):
-            self.counter += blocks_for(x.size)
-        return dropout(x, ratio=ratio, is_test=is_test, seed=self.seed, base=base)
+        _check_dtype(x.dtype)
+        if is_test:
+            check_attributes("Dropout", ratio=ratio, is_test=is_test)
+            return x.copy(), np.ones(x.shape, dtype=bool)
+        keep = self.draw(x.shape, ratio=ratio, is_test=is_test)
+        return apply_mask(x, keep, ratio), keep

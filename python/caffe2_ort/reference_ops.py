@@ -5,31 +5,28 @@
     ref = ReferenceEvaluator(model, new_ops=OPS)
     y, mask = ref.run(None, {"X": x})
 
-Each Dropout node of an evaluator holds its own 64-bit counter, like the native kernel instance of an
-ORT session: it starts at 0, and every training run (is_test = 0, ratio != 0) draws at base = counter
-and advances it by ceil(numel/4). So the k-th ``run`` of a fresh evaluator gives bit-identically the
-masks and outputs of the k-th ``run`` of a fresh ORT session on the same model (for a seeded node).
-A node without ``seed`` takes a fresh random seed per evaluator, as the native kernel does per session.
+Each Dropout node of an evaluator holds its own stream (:class:`caffe2_ort.reference.DropoutStream`),
+like the native kernel instance of an ORT session: under rng "philox" a 64-bit counter that starts at 0
+and advances by ceil(numel/4) per training run (is_test = 0, ratio != 0); under rng "caffe2_mt19937"
+Caffe2's MT19937, two words per element per training run. So the k-th ``run`` of a fresh evaluator
+gives bit-identically the masks and outputs of the k-th ``run`` of a fresh ORT session on the same
+model (for a seeded node). A node without ``seed`` takes a fresh random 64-bit seed per evaluator, as
+the native kernel does per session.
 
-Attribute checks mirror the native kernels' session-creation checks, so an invalid node fails when
-the evaluator is built, naming the node and the value.
+Attribute checks come from the op table (:mod:`caffe2_ort.opdefs`), the native kernels'
+session-creation checks, so an invalid node fails when the evaluator is built with the same message.
 """
 
 from __future__ import annotations
 
-import math
 import secrets
 
 import numpy as np
 from onnx.reference.op_run import OpRun
 
+from . import opdefs as _defs
 from . import reference as _ref
-
-from ._library import DOMAIN, ENGINES
-
-
-def _text(v):
-    return v.decode() if isinstance(v, bytes) else ("" if v is None else str(v))
+from .opdefs import DOMAIN
 
 
 class _Caffe2Op(OpRun):
@@ -38,18 +35,16 @@ class _Caffe2Op(OpRun):
     op_schema = None
 
     def _node_label(self):
-        return f"ai.caffe2 {self.onnx_node.op_type} node {self.onnx_node.name!r}"
+        return _defs.where(self.onnx_node.op_type, self.onnx_node.name)
 
     def _read_common(self):
-        ratio = float(np.float32(getattr(self, "ratio", 0.5)))
-        if math.isnan(ratio) or not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"{self._node_label()}: ratio must be in [0, 1], got {ratio}")
-        engine = _text(getattr(self, "engine", ""))
-        if engine not in ENGINES:
-            raise ValueError(
-                f"{self._node_label()}: engine {engine!r} is not one of {', '.join(repr(e) for e in ENGINES)}"
-            )
-        self.ratio_, self.is_test_, self.engine_ = ratio, int(getattr(self, "is_test", 0)), engine
+        # The native kernels' checks and messages. A wrong kind is a TypeError elsewhere, but
+        # ReferenceEvaluator replaces TypeErrors raised here with its own message: raise ValueError.
+        try:
+            self.attrs_ = _defs.OPS[self.onnx_node.op_type].validate_node(self.onnx_node)
+        except _defs.AttributeKindError as e:
+            raise _defs.AttributeValueError(str(e)) from None
+        self.ratio_, self.is_test_, self.engine_ = self.attrs_["ratio"], self.attrs_["is_test"], self.attrs_["engine"]
 
     def _n_outputs(self):
         # Trailing empty names are absent optional outputs.
@@ -65,16 +60,15 @@ class Dropout(_Caffe2Op):
     def __init__(self, onnx_node, run_params, schema=None):
         super().__init__(onnx_node, run_params, schema)
         self._read_common()
-        seed = getattr(self, "seed", None)
         # Seedless: a fresh random 64-bit seed per instance (the native kernel draws one per session).
-        self.stream = _ref.DropoutStream(secrets.randbits(64) if seed is None else int(seed))
+        self.stream = _ref.DropoutStream(self.attrs_["seed"], rng=self.attrs_["rng"])
 
     @property
     def counter(self) -> int:
-        """This node's RNG counter: the base the next training run draws at."""
+        """This node's stream position (see :class:`caffe2_ort.reference.DropoutStream`)."""
         return self.stream.counter
 
-    def _run(self, X, ratio=None, is_test=None, seed=None, engine=None):  # noqa: ARG002 - read at init
+    def _run(self, X, ratio=None, is_test=None, seed=None, engine=None, rng=None):  # noqa: ARG002 - read at init
         y, mask = self.stream.run(X, ratio=self.ratio_, is_test=self.is_test_)
         if self._n_outputs() >= 2:
             return (y, mask)
@@ -89,7 +83,7 @@ class DropoutGrad(_Caffe2Op):
         self._read_common()
         has_mask = len(onnx_node.input) >= 2 and bool(onnx_node.input[1])
         if not self.is_test_ and not has_mask:
-            raise ValueError(f"{self._node_label()}: training mode (is_test=0) needs the mask input")
+            raise ValueError(_defs.mask_required_message(self._node_label()))
 
     def _run(self, dY, mask=None, ratio=None, is_test=None, engine=None):  # noqa: ARG002
         return (_ref.dropout_grad(dY, mask, ratio=self.ratio_, is_test=self.is_test_),)
@@ -147,25 +141,25 @@ def register_pyop():
         return 0
     from onnxruntime_extensions import PyCustomOpDef as D, onnx_op
 
-    common = {"ratio": D.dt_float, "is_test": D.dt_int64, "engine": D.dt_string}
+    kinds = {_defs.FLOAT: D.dt_float, _defs.INT: D.dt_int64, _defs.STRING: D.dt_string}
+    common = {a.name: kinds[a.kind] for a in _defs.DROPOUT_GRAD.attrs}
+    forward = {a.name: kinds[a.kind] for a in _defs.DROPOUT.attrs}
     for dt, code in (("float32", D.dt_float), ("float64", D.dt_double)):
-        def dropout(x, ratio, is_test, engine, seed, node_key, _dt=dt):
+        def dropout(x, ratio, is_test, seed, engine, rng, node_key, _dt=dt):
+            text = rng.decode() if isinstance(rng, bytes) else str(rng)
             with _pyop_lock:
                 stream = _pyop_streams.get(node_key)
-                if stream is None or stream.seed != int(seed):
-                    stream = _pyop_streams[node_key] = _ref.DropoutStream(int(seed))
-                base = stream.counter
-                if _ref.consumes_rng(ratio, is_test):
-                    stream.counter += _ref.blocks_for(np.asarray(x).size)
-            y, mask = _ref.dropout(np.asarray(x, dtype=_dt), ratio=ratio, is_test=is_test, seed=int(seed), base=base)
-            return y, mask
+                if stream is None or stream.seed != int(seed) or stream.rng != text:
+                    stream = _pyop_streams[node_key] = _ref.DropoutStream(int(seed), rng=text)
+            # the stream serialises its own draws: concurrent runs take consecutive segments
+            return stream.run(np.asarray(x, dtype=_dt), ratio=ratio, is_test=is_test)
 
         def dropout_grad(dy, mask, ratio, is_test, engine, _dt=dt):
             return _ref.dropout_grad(np.asarray(dy, dtype=_dt), None if is_test else np.asarray(mask, bool),
                                      ratio=ratio, is_test=is_test)
 
         _pyop_registered.append(onnx_op(op_type=f"{DOMAIN}::Dropout", inputs=[code], outputs=[code, D.dt_bool],
-                                        attrs={**common, "seed": D.dt_int64, "node_key": D.dt_string})(dropout))
+                                        attrs={**forward, "node_key": D.dt_string})(dropout))
         _pyop_registered.append(onnx_op(op_type=f"{DOMAIN}::DropoutGrad", inputs=[code, D.dt_bool], outputs=[code],
                                         attrs=common)(dropout_grad))
     return len(_pyop_registered)
@@ -191,15 +185,17 @@ def prepare_for_pyop(model):
     names = _Names(g)
     dummy = None
     for i, n in enumerate(g.node):
-        if n.domain != DOMAIN or n.op_type not in ("Dropout", "DropoutGrad"):
+        if n.domain != DOMAIN or n.op_type not in _defs.OPS:
             continue
+        d = _defs.OPS[n.op_type]
+        d.validate_node(n)  # the native kernels' checks, before anything is rewritten
         have = {a.name for a in n.attribute}
-        for k, v in (("ratio", 0.5), ("is_test", 0), ("engine", "")):
+        for k, v in d.defaults().items():
             if k not in have:
                 _set_attr(n, k, v)
         if n.op_type == "Dropout":
             if "seed" not in have:
-                _set_attr(n, "seed", secrets.randbits(63))
+                _set_attr(n, "seed", _defs.seed_as_int64(_defs.fresh_seed()))
             _set_attr(n, "node_key", f"{prepared_id}:{i}:{n.name or n.output[0]}")
             if len(n.output) < 2 or not n.output[1]:
                 del n.output[1:]

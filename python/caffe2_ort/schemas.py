@@ -10,9 +10,11 @@ inference engine), so every output of the ops gets a full type and shape:
   where the mask carries cuDNN's opaque reserve space and is inferred as bool of rank 1, unknown length.
 - DropoutGrad: ``dX`` = dY's type and shape.
 
-The inference functions also reject what the native kernels reject at session creation (ratio outside
-[0, 1] or NaN, an unknown engine, a training DropoutGrad without its mask, bool masks whose element
-count differs from dY's when both shapes are known), so ``full_check`` catches those errors early.
+Everything here comes from the op table (:mod:`caffe2_ort.opdefs`). The inference functions also
+reject what the native kernels reject at session creation (an attribute of the wrong kind, ratio
+outside [0, 1] or NaN, an unknown engine or rng, a training DropoutGrad without its mask, bool masks
+whose element count differs from dY's when both shapes are known), with the kernels' messages, so
+``full_check`` catches those errors early.
 
 onnx is the only dependency. With an onnx older than 1.19 (no Python inference functions),
 :func:`register_schemas` raises :class:`SchemaRegistrationError` saying so; ``import caffe2_ort`` should
@@ -22,24 +24,27 @@ catch it and go on (see :func:`try_register_schemas`).
 from __future__ import annotations
 
 import atexit
-import math
 import warnings
 
-from ._library import DOMAIN, ENGINES, OPSET_VERSION
-FLOAT_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")
+from . import opdefs as _defs
+from .opdefs import DOMAIN, OPSET_VERSION
+
+FLOAT_TYPES = _defs.ELEMENT_TYPES
 
 # Marks the schemas as ours, so a second registration can tell them from someone else's.
 _MARK = "[caffe2_ort schema]"
 
-_DROPOUT_DOC = f"""{_MARK} Legacy Caffe2 Dropout (inverted dropout).
+_DROPOUT_DOC = f"""{_MARK} {_defs.DROPOUT.summary}
 
 Training (is_test = 0): each element is zeroed with probability `ratio`, the kept ones are scaled by
-1/(1 - ratio) (0 when ratio = 1): Y = (X * scale) * mask. The mask comes from Philox4x32-10 keyed by
-`seed`, at a per-node counter that advances by ceil(numel/4) blocks per training run, so run k of a
-fresh session is reproducible on any device. Test (is_test != 0): Y is an exact copy of X and a
-requested mask is all true. Under engine "CUDNN" on CUDA the mask holds cuDNN's reserve space (1-D)."""
+1/(1 - ratio) (0 when ratio = 1). rng "" / "philox": the mask comes from Philox4x32-10 keyed by `seed`,
+at a per-node counter that advances by ceil(numel/4) blocks per training run, so run k of a fresh
+session is reproducible on any device. rng "caffe2_mt19937": real Caffe2's CPU stream (MT19937 seeded
+with seed mod 2^32, two words per element per training run). Test (is_test != 0): Y is an exact copy
+of X and a requested mask is all true. Under engine "CUDNN" on CUDA the mask holds cuDNN's reserve
+space (1-D)."""
 
-_DROPOUT_GRAD_DOC = f"""{_MARK} Legacy Caffe2 DropoutGrad.
+_DROPOUT_GRAD_DOC = f"""{_MARK} {_defs.DROPOUT_GRAD.summary}
 
 is_test != 0: dX = dY (mask ignored). is_test = 0: dX = (dY * mask) * scale, with scale as in Dropout;
 the mask is required and must have as many elements as dY."""
@@ -81,34 +86,32 @@ def _error(message):
     return InferenceError(message)
 
 
-def _attr(ctx, name, default):
-    """An attribute's Python value from an InferenceContext, or ``default`` when absent."""
-    from onnx import helper
-
-    a = ctx.get_attribute(name)
-    if a is None:
-        return default
-    return helper.get_attribute_value(a)
+def _node_name(ctx):
+    try:
+        return ctx.get_display_name() or None
+    except Exception:  # pragma: no cover - older onnx without get_display_name
+        return None
 
 
 def _node_label(ctx, op):
-    try:
-        name = ctx.get_display_name()
-    except Exception:  # pragma: no cover - older onnx without get_display_name
-        name = ""
-    return f"ai.caffe2 {op} node {name!r}" if name else f"ai.caffe2 {op} node"
+    return _defs.where(op, _node_name(ctx))
 
 
 def _check_attributes(ctx, op):
-    label = _node_label(ctx, op)
-    ratio = float(_attr(ctx, "ratio", 0.5))
-    if math.isnan(ratio) or not 0.0 <= ratio <= 1.0:
-        raise _error(f"{label}: ratio must be in [0, 1], got {ratio}")
-    engine = _attr(ctx, "engine", b"")
-    engine = engine.decode() if isinstance(engine, bytes) else str(engine)
-    if engine not in ENGINES:
-        raise _error(f"{label}: engine {engine!r} is not one of {', '.join(repr(e) for e in ENGINES)}")
-    return ratio, int(_attr(ctx, "is_test", 0)), engine
+    """The node's attributes, validated by the op table (the kernels' checks and messages)."""
+    from onnx import AttributeProto, helper
+
+    d = _defs.OPS[op]
+    values, kinds = {}, {}
+    for name in [a.name for a in d.attrs] + list(d.refused):
+        a = ctx.get_attribute(name)
+        if a is not None:
+            values[name] = helper.get_attribute_value(a)
+            kinds[name] = AttributeProto.AttributeType.Name(a.type)
+    try:
+        return d.validate(values, node=_node_name(ctx), kinds=kinds)
+    except (_defs.AttributeKindError, _defs.AttributeValueError) as e:
+        raise _error(str(e)) from None
 
 
 def _has(ctx, index, outputs):
@@ -152,7 +155,7 @@ def _numel(t):
 def _infer_dropout(ctx):
     from onnx import TensorProto
 
-    _ratio, _is_test, engine = _check_attributes(ctx, "Dropout")
+    engine = _check_attributes(ctx, "Dropout")["engine"]
     x = _input_type(ctx, 0)
     if x is None:
         return
@@ -162,22 +165,18 @@ def _infer_dropout(ctx):
 
 
 def _infer_dropout_grad(ctx):
-    _ratio, is_test, engine = _check_attributes(ctx, "DropoutGrad")
+    a = _check_attributes(ctx, "DropoutGrad")
+    is_test, engine = a["is_test"], a["engine"]
     has_mask = _has(ctx, 1, outputs=False)
     if not is_test and not has_mask:
-        raise _error(
-            f"{_node_label(ctx, 'DropoutGrad')}: training mode (is_test=0) needs the mask input "
-            "(the forward Dropout's second output)"
-        )
+        raise _error(_defs.mask_required_message(_node_label(ctx, "DropoutGrad")))
     dy = _input_type(ctx, 0)
     if dy is None:
         return
     if not is_test and engine != "CUDNN":
         n_dy, n_mask = _numel(dy), _numel(_input_type(ctx, 1))
         if n_dy is not None and n_mask is not None and n_dy != n_mask:
-            raise _error(
-                f"{_node_label(ctx, 'DropoutGrad')}: mask has {n_mask} elements but dY has {n_dy}"
-            )
+            raise _error(_defs.mask_count_message(_node_label(ctx, "DropoutGrad"), n_mask, n_dy))
     ctx.set_output_type(0, _tensor_type(dy.tensor_type.elem_type, dy))
 
 
@@ -187,62 +186,45 @@ def _make_schemas(defs):
     S = defs.OpSchema
     opt = S.FormalParameterOption.Optional
     diff, nondiff = S.DifferentiationCategory.Differentiable, S.DifferentiationCategory.NonDifferentiable
+    kinds = {_defs.FLOAT: S.AttrType.FLOAT, _defs.INT: S.AttrType.INT, _defs.STRING: S.AttrType.STRING}
 
-    def common_attrs():
-        return [
-            S.Attribute("ratio", helper.make_attribute("ratio", 0.5), "Probability that an element is zeroed, 0 <= ratio <= 1."),
-            S.Attribute("is_test", helper.make_attribute("is_test", 0), "Nonzero: inference (identity)."),
-            S.Attribute(
-                "engine", helper.make_attribute("engine", ""), '"" or "DEFAULT" (Philox kernels) or "CUDNN" (cuDNN on CUDA).'
-            ),
-        ]
+    def attribute(a):
+        doc = f"{a.doc} Valid: {a.accepted()}." if a.accepted() else a.doc
+        if a.default is None:
+            return S.Attribute(a.name, kinds[a.kind], f"{a.doc} Absent: {a.default_doc}.", required=False)
+        return S.Attribute(a.name, helper.make_attribute(a.name, a.default), doc)
 
-    types = [("T", list(FLOAT_TYPES), "Element types of the data."), ("B", ["tensor(bool)"], "The mask type.")]
+    def param(p):
+        # The mask is not differentiable; the data are.
+        category = nondiff if p.type_str == "B" else diff
+        if p.optional:
+            return S.FormalParameter(p.name, p.type_str, p.doc, param_option=opt, differentiation_category=category)
+        return S.FormalParameter(p.name, p.type_str, p.doc, differentiation_category=category)
+
+    types = [(n, list(t), doc) for n, t, doc in _defs.TYPE_CONSTRAINTS]
     # onnx >= 1.18 records node determinism; older releases have no such argument.
     has_det = hasattr(S, "NodeDeterminism")
-    extra_dropout = {"node_determinism": S.NodeDeterminism.NonDeterministic} if has_det else {}
-    extra = {"node_determinism": S.NodeDeterminism.Deterministic} if has_det else {}
-    dropout = S(
-        "Dropout",
-        DOMAIN,
-        OPSET_VERSION,
-        _DROPOUT_DOC,
-        inputs=[S.FormalParameter("X", "T", "Input of any shape.", differentiation_category=diff)],
-        outputs=[
-            S.FormalParameter("Y", "T", "Output, X's shape.", differentiation_category=diff),
-            S.FormalParameter(
-                "mask",
-                "B",
-                "Keep-mask (true = kept), X's shape; cuDNN's reserve space (1-D) under engine CUDNN.",
-                param_option=opt,
-                differentiation_category=nondiff,
-            ),
-        ],
-        type_constraints=types,
-        attributes=common_attrs()
-        + [S.Attribute("seed", S.AttrType.INT, "RNG seed; absent: a random seed per kernel instance.", required=False)],
-        **extra_dropout,
-    )
-    dropout.set_type_and_shape_inference_function(_infer_dropout)
-    grad = S(
-        "DropoutGrad",
-        DOMAIN,
-        OPSET_VERSION,
-        _DROPOUT_GRAD_DOC,
-        inputs=[
-            S.FormalParameter("dY", "T", "Gradient of Dropout's Y.", differentiation_category=diff),
-            S.FormalParameter(
-                "mask", "B", "The forward's mask output; required when is_test = 0.", param_option=opt,
-                differentiation_category=nondiff,
-            ),
-        ],
-        outputs=[S.FormalParameter("dX", "T", "Gradient of Dropout's X, dY's shape.", differentiation_category=diff)],
-        type_constraints=types,
-        attributes=common_attrs(),
-        **extra,
-    )
-    grad.set_type_and_shape_inference_function(_infer_dropout_grad)
-    return {"Dropout": dropout, "DropoutGrad": grad}
+    out = {}
+    for d, doc, infer in ((_defs.DROPOUT, _DROPOUT_DOC, _infer_dropout),
+                          (_defs.DROPOUT_GRAD, _DROPOUT_GRAD_DOC, _infer_dropout_grad)):
+        extra = {}
+        if has_det:
+            extra["node_determinism"] = (S.NodeDeterminism.Deterministic if d.deterministic
+                                         else S.NodeDeterminism.NonDeterministic)
+        schema = S(
+            d.name,
+            DOMAIN,
+            OPSET_VERSION,
+            doc,
+            inputs=[param(p) for p in d.inputs],
+            outputs=[param(p) for p in d.outputs],
+            type_constraints=types,
+            attributes=[attribute(a) for a in d.attrs],
+            **extra,
+        )
+        schema.set_type_and_shape_inference_function(infer)
+        out[d.name] = schema
+    return out
 
 
 def is_registered() -> bool:

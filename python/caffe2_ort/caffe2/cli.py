@@ -51,6 +51,9 @@ def _add_net_args(p, with_init=True):
 def _add_convert_args(p):
     p.add_argument("--dropout", choices=("caffe2", "onnx"), default="caffe2",
                    help="caffe2: ai.caffe2 Dropout/DropoutGrad nodes (default); onnx: standard ONNX ops only")  # fmt: skip
+    p.add_argument("--rng", choices=("philox", "caffe2"), default="philox",
+                   help="mask stream of the converted Dropouts: philox (default) or caffe2 (rng=caffe2_mt19937, "
+                        "real Caffe2's own CPU masks)")  # fmt: skip
     p.add_argument("--opset", type=int, default=None, help="ai.onnx opset (default 17)")
     p.add_argument("--ir-version", type=int, default=None, help="ONNX IR version of the model (default 8)")
     p.add_argument("--name", help="graph name (default: the NetDef's name, else 'caffe2_net')")
@@ -134,6 +137,7 @@ def _convert_kwargs(args):
 
     return dict(
         dropout=args.dropout,
+        rng=args.rng,
         opset=args.opset or DEFAULT_OPSET,
         ir_version=args.ir_version or DEFAULT_IR_VERSION,
         name=args.name,
@@ -291,7 +295,9 @@ def cmd_run(args) -> int:
     if args.compare and conv is not None:
         from .executor import Executor
 
-        ws = Executor(net, blobs).run(feeds)
+        from .converter import RNG_MODES
+
+        ws = Executor(net, blobs, rng=RNG_MODES[args.rng]).run(feeds)
         print("numpy executor (Caffe2 semantics) vs ORT:")
         for name, a in zip(names, results):
             ref = np.asarray(ws[name])

@@ -36,6 +36,8 @@ MIN_OPSET = 13  # Softmax on one axis, Dropout's ratio/training_mode inputs
 # IR 8 goes with opset 17 and is accepted by every onnxruntime from 1.14 on (1.16 reads up to IR 9).
 DEFAULT_IR_VERSION = 8
 DROPOUT_MODES = ("caffe2", "onnx")
+# --rng: the mask stream written on every converted Dropout (its rng attribute; "" = the default, Philox)
+RNG_MODES = {"philox": "", "caffe2": "caffe2_mt19937"}
 
 
 @dataclass
@@ -138,6 +140,7 @@ def convert(
     input_shapes=None,
     init_blobs=None,
     dropout="caffe2",
+    rng="philox",
     opset=DEFAULT_OPSET,
     ir_version=DEFAULT_IR_VERSION,
     name=None,
@@ -150,10 +153,16 @@ def convert(
     ``input_shapes``: ``{name: shape}`` overriding or adding data inputs (float32 unless value_info
     types them). ``init_blobs``: already evaluated weights, instead of ``init_net``.
     ``dropout``: "caffe2" (ai.caffe2 nodes) or "onnx" (standard ONNX ops, see docs/converter.md).
+    ``rng``: "philox" (default) or "caffe2": every Dropout gets rng="caffe2_mt19937", real Caffe2's own
+    CPU mask stream (needs dropout="caffe2").
     ``extra_outputs``: Caffe2 blob names to expose as graph outputs too (their last versions).
     """
     if dropout not in DROPOUT_MODES:
         raise Caffe2Error(f"dropout mode must be one of {', '.join(DROPOUT_MODES)}, not {dropout!r}")
+    if rng not in RNG_MODES:
+        raise Caffe2Error(f"rng must be one of {', '.join(RNG_MODES)}, not {rng!r}")
+    if RNG_MODES[rng] and dropout != "caffe2":
+        raise Caffe2Error(f"rng {rng!r} needs dropout='caffe2': standard ONNX Dropout draws its own masks")
     _check_opset(opset)
     data = {k: (np.dtype(v[0]), tuple(int(d) for d in v[1])) for k, v in (value_info or {}).items()}
     for k, shape in (input_shapes or {}).items():
@@ -228,7 +237,8 @@ def convert(
         out_infos = S.infer(op, ins, where)
         for n, info in zip(op_outputs[k], out_infos):
             g.infos[n] = info
-        _emit(g, predict_net, op, k, op_inputs[k], op_outputs[k], ins, out_infos, where, dropout, inits, notes, readers)
+        _emit(g, predict_net, op, k, op_inputs[k], op_outputs[k], ins, out_infos, where, dropout, inits, notes, readers,
+              RNG_MODES[rng])
 
     # 5. outputs
     outputs = [final[b] for b in predict_net.external_output if b in final]
@@ -316,7 +326,7 @@ def _reshape_to(g, src, info_src, shape, hint, inits, name):
     return out
 
 
-def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, readers):
+def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, readers, rng=""):
     t = S.canonical(op.type)
     args = Args(op, where)
     node_name = op.name or f"{op.type}_{k}"
@@ -455,6 +465,8 @@ def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, rea
                 attrs["engine"] = op.engine
             if seed is not None:
                 attrs["seed"] = seed
+            if rng:
+                attrs["rng"] = rng
             g.node("Dropout", xin[:1], list(xout[:2]), node_name, domain=CAFFE2_DOMAIN, **attrs)
         elif not is_test and ratio >= 1.0:
             # ONNX Dropout needs ratio < 1. Caffe2's ratio = 1 gives Y = (X * 0) * 0 (signed zeros,

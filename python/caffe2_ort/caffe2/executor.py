@@ -44,9 +44,10 @@ def supported_ops():
 
 
 class Executor:
-    """Runs a predict net on numpy inputs. ``init_blobs``: ``{name: array}`` (e.g. from an init_net)."""
+    """Runs a predict net on numpy inputs. ``init_blobs``: ``{name: array}`` (e.g. from an init_net).
+    ``rng``: the Dropout mask stream, as the converted model's rng attribute ("caffe2_mt19937": Caffe2's)."""
 
-    def __init__(self, predict_net, init_blobs=None, *, default_seed=None):
+    def __init__(self, predict_net, init_blobs=None, *, default_seed=None, rng=""):
         self.net = predict_net
         self.init_blobs = {k: np.asarray(v) for k, v in (init_blobs or {}).items()}
         bad = Counter(op.type for op in predict_net.op if op.type not in _OPS)
@@ -54,6 +55,7 @@ class Executor:
             raise UnsupportedOpsError(bad, where="predict_net (numpy executor)")
         self._streams = {}
         self._default_seed = default_seed
+        self._rng = rng  # the Dropout mask stream: "" (Philox) or "caffe2_mt19937" (Caffe2's own)
         self.history = []  # per op of the last run: the values of its outputs
 
     def _stream(self, k, op):
@@ -61,9 +63,7 @@ class Executor:
             seed = netdef.dropout_seed(op, self.net)
             if seed is None and self._default_seed is not None:
                 seed = int(self._default_seed)
-            elif seed is None:
-                seed = int(np.random.default_rng().integers(0, 2**63))
-            self._streams[k] = reference.DropoutStream(seed)
+            self._streams[k] = reference.DropoutStream(seed, rng=self._rng)  # None: a fresh 64-bit seed
         return self._streams[k]
 
     def run(self, inputs, *, before_op=None):
