@@ -9,10 +9,12 @@ project's own Python. The arguments are applied in this order, in one fresh work
      run the arrays of ``--feed-each FILE.npz`` are fed again;
   4. after each run k the blobs named by ``--fetch`` (repeatable; default: every blob of the
      workspace that holds a tensor) are saved as ``step<k>/<blob>`` in ``--out FILE.npz``.
-     With no ``--net``, the blobs are fetched once, after the init nets, as ``init/<blob>``.
+     With no ``--net``, or with ``--fetch-init``, the blobs are also fetched once after the init
+     nets (and the first ``--feed-each``), as ``init/<blob>``.
 
-NET files are NetDefs, binary (.pb) or text (.pbtxt). Exit status 2 and one line ``error: ...``
-when Caffe2 refuses a net or a blob cannot be fetched.
+NET files are NetDefs, binary (.pb) or text (.pbtxt). When Caffe2 refuses a net or a blob cannot
+be fetched: exit status 2, a line ``error: <exception>: <first line>``, then the rest of Caffe2's
+message (at most 11 lines).
 """
 
 import argparse
@@ -46,7 +48,10 @@ def fetch(names, prefix, out):
         for name in names:
             if not workspace.HasBlob(name):
                 raise RuntimeError(f"blob {name!r} is not in the workspace")
-            out[prefix + name] = np.asarray(workspace.FetchBlob(name))
+            value = workspace.FetchBlob(name)
+            if not isinstance(value, np.ndarray):
+                raise RuntimeError(f"blob {name!r} holds no tensor ({value})")
+            out[prefix + name] = value
         return
     for name in workspace.Blobs():
         try:
@@ -65,6 +70,7 @@ def main(argv=None):
     p.add_argument("--iters", type=int, default=1)
     p.add_argument("--feed-each")
     p.add_argument("--fetch", action="append", default=[])
+    p.add_argument("--fetch-init", action="store_true")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
 
@@ -76,12 +82,12 @@ def main(argv=None):
             feed(path)
         for path in args.init:
             workspace.RunNetOnce(read_net(path))
-        if args.net is None:
+        if args.feed_each:
+            feed(args.feed_each)
+        if args.net is None or args.fetch_init:
             fetch(args.fetch, "init/", out)
-        else:
+        if args.net is not None:
             net = read_net(args.net)
-            if args.feed_each:
-                feed(args.feed_each)
             workspace.CreateNet(net)
             for k in range(args.iters):
                 if args.feed_each:

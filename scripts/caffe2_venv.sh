@@ -53,7 +53,7 @@ find_python39() {
 }
 
 PY39=$(find_python39)
-"$PY39" -c 'import sys; assert sys.version_info[:2] == (3, 9), sys.version' \
+"$PY39" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 9))' 2>/dev/null \
   || { echo "error: $PY39 is not a Python 3.9" >&2; exit 2; }
 
 echo "building the Caffe2 venv in $VENV with $PY39 (torch 1.8.1 is an ~800 MB download)" >&2

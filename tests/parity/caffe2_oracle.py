@@ -51,11 +51,12 @@ class Caffe2Oracle:
     def __init__(self, python: Path):
         self.python = Path(python)
 
-    def run(self, net=None, *, init=(), feed=None, feed_each=None, iters=1, fetch=()) -> dict:
+    def run(self, net=None, *, init=(), feed=None, feed_each=None, iters=1, fetch=(), fetch_init=False) -> dict:
         """Run in one fresh Caffe2 workspace: feed ``feed``, run each ``init`` net once, create ``net``
         and run it ``iters`` times, feeding ``feed_each`` before each run. Returns
-        ``{"step<k>/<blob>": array}`` (``"init/<blob>"`` without ``net``): the ``fetch`` blobs, or
-        every tensor blob. Nets are our NetDef messages or paths (.pb/.pbtxt)."""
+        ``{"step<k>/<blob>": array}``: the ``fetch`` blobs, or every tensor blob, after run k; plus
+        ``"init/<blob>"`` as they were before the first run when ``fetch_init`` or without ``net``.
+        Nets are our NetDef messages or paths (.pb/.pbtxt)."""
         with tempfile.TemporaryDirectory(prefix="caffe2-oracle-") as tmp:
             tmp = Path(tmp)
             cmd = [str(self.python), str(RUNNER), "--out", str(tmp / "out.npz"), "--iters", str(iters)]
@@ -71,6 +72,8 @@ class Caffe2Oracle:
                 cmd += ["--net", _write_net(net, tmp / "net.pb")]
             for b in fetch:
                 cmd += ["--fetch", b]
+            if fetch_init:
+                cmd.append("--fetch-init")
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 lines = [ln for ln in proc.stderr.splitlines() if "init_intrinsics_check" not in ln]

@@ -23,8 +23,13 @@ SHARED_NETS = tuple(sorted(p.parent.name for p in (SHARED / "caffe2_train_nets")
 
 def check_reproduces(caffe2, folder):
     traj = np.load(folder / "trajectory.npz", allow_pickle=False)
-    got = caffe2.run(folder / "train_net.pbtxt", init=[folder / "init_values.pb"], feed_each=fed_batch(traj), iters=STEPS)
-    keys = [k for k in traj.files if k.startswith("step")]
+    got = caffe2.run(
+        folder / "train_net.pbtxt", init=[folder / "init_values.pb"], feed_each=fed_batch(traj), iters=STEPS, fetch_init=True
+    )
+    # the checkpoint holds the state init_net produced: every tensor trajectory.npz saw after init
+    init_keys = [k for k in traj.files if k.startswith("init/") and traj[k].dtype.kind in "fiub"]
+    assert init_keys, f"{folder.name}: trajectory has no init/ tensors"
+    keys = init_keys + [k for k in traj.files if k.startswith("step")]
     assert {f"step{k}/loss" for k in range(STEPS)} <= set(keys), f"{folder.name}: trajectory lacks step losses"
     for key in keys:
         want = traj[key]
