@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from caffe2_helpers import SHARED, max_rel_error, shared_file
-from train_nets import STEPS, fed_batch, generated_nets
+from train_nets import NET_NAMES, STEPS, fed_batch, generated_nets
 
 pytestmark = pytest.mark.parity
 
@@ -48,12 +48,49 @@ def test_shared_train_net_reproduces_its_trajectory(caffe2, name):
     check_reproduces(caffe2, shared_file("caffe2_train_nets", name))
 
 
-def test_generated_train_nets_reproduce_their_trajectories(caffe2, generated_train_nets):
-    assert generated_train_nets, "the generator built no nets"
-    for folder in generated_train_nets:
-        check_reproduces(caffe2, folder)
-
-
 @pytest.fixture(scope="module")
 def generated_train_nets(caffe2):
-    return generated_nets(caffe2.python)
+    return dict(zip(NET_NAMES, generated_nets(caffe2.python)))
+
+
+@pytest.mark.parametrize("name", NET_NAMES)
+def test_generated_train_net_reproduces_its_trajectory(caffe2, generated_train_nets, name):
+    check_reproduces(caffe2, generated_train_nets[name])
+
+
+FORWARD_OPS = {
+    "Conv", "FC", "Relu", "Sigmoid", "Tanh", "LRN", "MaxPool", "AveragePool", "SpatialBN", "Concat", "Sum",
+    "Add", "Mul", "Reshape", "Flatten", "ConvTranspose", "Dropout", "Softmax", "LabelCrossEntropy",
+    "AveragedLoss", "SoftmaxWithLoss",
+}  # fmt: skip
+OPTIMIZER_OPS = {"AtomicIter", "LearningRate", "WeightedSum", "MomentumSGDUpdate", "Adagrad", "Adam", "RmsProp"}
+
+
+def test_generated_nets_cover_the_converter_ops_optimizers_and_policies(generated_train_nets):
+    from caffe2_ort.caffe2 import netdef
+
+    types, policies, nesterov, variants = set(), set(), set(), set()
+    for folder in generated_train_nets.values():
+        net = netdef.read_netdef(folder / "train_net.pbtxt")
+        for op in net.op:
+            types.add(op.type)
+            args = netdef.Args(op)
+            if op.type == "LearningRate":
+                policies.add(args.str("policy"))
+            if op.type == "MomentumSGDUpdate":
+                nesterov.add(args.int("nesterov", 0))
+            if op.type == "Conv" and args.int("group", 1) > 1:
+                variants.add("grouped Conv")
+            if op.type == "SpatialBN" and not args.int("is_test", 0):
+                variants.add("training SpatialBN")
+                (producer,) = [p for p in net.op if op.input[0] in p.output and not p.is_gradient_op]
+                assert len(producer.input) == 2, f"{folder.name}: {producer.type} feeding SpatialBN has a bias"
+            if op.type in ("Add", "Mul") and args.int("broadcast", 0):
+                variants.add(f"broadcast {op.type}")
+            if op.type == "WeightedSum" and op.output[0] == op.input[0] and op.input[0].endswith("_grad"):
+                variants.add("weight decay")
+    assert FORWARD_OPS <= types, f"missing forward ops: {sorted(FORWARD_OPS - types)}"
+    assert OPTIMIZER_OPS <= types, f"missing optimizer ops: {sorted(OPTIMIZER_OPS - types)}"
+    assert {"fixed", "step", "exp", "inv", "poly"} <= policies, policies
+    assert nesterov == {0, 1}
+    assert variants == {"grouped Conv", "training SpatialBN", "broadcast Add", "broadcast Mul", "weight decay"}
