@@ -1,6 +1,7 @@
-"""The semantics of Caffe2's optimizer and learning-rate ops, as docs/caffe2-training.md states them,
-checked against real Caffe2: each rule is written out in numpy (float32, in the order of operations
-that reproduces Caffe2 bit for bit) and compared with what Caffe2 computes."""
+"""The semantics of Caffe2's optimizer and learning-rate ops (and of SpatialBN's training state), as
+docs/caffe2-training.md states them, checked against real Caffe2: each rule is written out in numpy
+(float32, in the order of operations that reproduces Caffe2 bit for bit) and compared with what
+Caffe2 computes."""
 
 from __future__ import annotations
 
@@ -216,3 +217,32 @@ def test_rmsprop(update_case):
     err = np.abs(f64(out["rms_mom"]) - f64(mom))
     assert (err <= bound).all(), f"RmsProp momentum: worst error {float(np.max(err / np.maximum(bound, 1e-30))):.2f} x the bound"
     _same(out["rms_g"], out["rms_mom"], "RmsProp grad output = its momentum")
+
+
+def test_spatial_bn_training_outputs_and_running_statistics(caffe2):
+    """SpatialBN in training (the other state a training step updates): normalises with the biased
+    batch variance, but folds the unbiased one into running_var."""
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((4, 3, 5, 6)) * 2 + 1).astype(f32)
+    feeds = {"x": x, "scale": (rng.random(3) + 0.5).astype(f32), "bias": rng.standard_normal(3).astype(f32),
+             "rm": rng.standard_normal(3).astype(f32), "rv": (rng.random(3) + 0.5).astype(f32)}  # fmt: skip
+    net = make_net("bn", [("SpatialBN", ["x", "scale", "bias", "rm", "rv"], ["y", "rm", "rv", "saved_mean", "saved_inv_std"],
+                           {"is_test": 0, "epsilon": 1e-3, "momentum": 0.9})], inputs=list(feeds))  # fmt: skip
+    out = caffe2.run(net, feed=feeds)
+    xd = x.astype(f64)
+    n = x.size // 3
+    mean, var = xd.mean(axis=(0, 2, 3)), xd.var(axis=(0, 2, 3))
+    inv_std = 1 / np.sqrt(var + 1e-3)
+    c = (slice(None), None, None)
+    want = {
+        "y": (xd - mean[c]) * inv_std[c] * feeds["scale"][c] + feeds["bias"][c],
+        "rm": 0.9 * feeds["rm"] + 0.1 * mean,
+        "rv": 0.9 * feeds["rv"] + 0.1 * var * n / (n - 1),
+        "saved_mean": mean,
+        "saved_inv_std": inv_std,
+    }
+    for name, w in want.items():
+        got = out[f"step0/{name}"]
+        assert got.shape == w.shape, name
+        err = float(np.max(np.abs(got - w)) / np.max(np.abs(w)))
+        assert err < 1e-6, f"SpatialBN {name}: relative error {err:.2g}"
