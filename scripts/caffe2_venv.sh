@@ -56,6 +56,10 @@ PY39=$(find_python39)
 "$PY39" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 9))' 2>/dev/null \
   || { echo "error: $PY39 is not a Python 3.9" >&2; exit 2; }
 
+if [[ -e "$VENV" && ! -f "$VENV/pyvenv.cfg" && -n "$(ls -A "$VENV" 2>/dev/null)" ]]; then
+  echo "error: $VENV exists and is not a virtual environment; refusing to replace it (set CAFFE2_VENV)" >&2
+  exit 2
+fi
 echo "building the Caffe2 venv in $VENV with $PY39 (torch 1.8.1 is an ~800 MB download)" >&2
 rm -rf "$VENV"
 mkdir -p "$(dirname "$VENV")"

@@ -60,6 +60,19 @@ def test_venv_script_refuses_a_python_that_is_not_3_9(tmp_path):
     assert not (tmp_path / "v").exists()
 
 
+def test_venv_script_never_replaces_a_folder_that_is_not_a_venv(tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("keep me")
+    py39 = sorted(Path.home().glob(".pyenv/versions/3.9.*/bin/python3.9"))
+    if not py39:
+        pytest.skip("no pyenv Python 3.9 here: the script stops earlier, at finding one")
+    r = _venv_script(CAFFE2_VENV=str(keep), CAFFE2_PYTHON39=str(py39[0]))
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"error: {keep} exists and is not a virtual environment; refusing to replace it (set CAFFE2_VENV)"
+    assert (keep / "notes.txt").read_text() == "keep me"
+
+
 def test_venv_script_says_when_no_python_3_9_is_found(tmp_path):
     if any(Path(d, "python3.9").exists() for d in ("/usr/bin", "/bin")):
         pytest.skip("this system has a python3.9 in /usr/bin")  # the script would build with it
