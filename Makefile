@@ -55,3 +55,12 @@ dev: $(VENV)/.created
 
 clean:
 	rm -rf build dist python/caffe2_ort/lib
+
+# --- parity stage (tests/parity): real Caffe2 as the oracle -------------------------------------
+# Builds (once) the cached Python 3.9 venv holding PyPI torch 1.8.1's caffe2.python (~800 MB download;
+# scripts/caffe2_venv.sh, outside the tree: $CAFFE2_VENV, default ~/.cache/caffe2-ort/caffe2-py39),
+# then runs the suite the default `make test` leaves out (pytest marker `parity`).
+.PHONY: parity
+parity: install
+	bash scripts/caffe2_venv.sh
+	$(PY) -m pytest -m parity tests/parity $(PYTEST_ARGS)
