@@ -28,7 +28,7 @@ import numpy as np
 from . import schema
 from . import shapes as S
 from .errors import Caffe2Error, MissingValueInfoError, ShapeError, UnsupportedOpsError
-from .limits import Budget, check_shape
+from .limits import Budget
 from .netdef import Args, make_given_fill
 
 _PRESERVING = frozenset(["Relu", "Sigmoid", "Tanh", "Copy", "Dropout", "LRN", "SpatialBN", "Sum", "DropoutGrad"] + list(S.BINARY_OPS))
@@ -49,7 +49,7 @@ class _Walk:
     def __init__(self, net, data, width, fc_width, pins, budget):
         self.net, self.width, self.fc_width, self.pins = net, width, fc_width, pins
         self.budget = Budget(budget.max_bytes)  # weights count against the limit per walk
-        self.infos = {b: S.Info(np.dtype(dt), check_shape(f"input {b!r}", sh)) for b, (dt, sh) in data.items()}
+        self.infos = {b: S.Info(np.dtype(dt), self.budget.check(f"input {b!r}", sh, dt, claim=False)) for b, (dt, sh) in data.items()}
         self.origin = {}  # blob -> (pin key, axis) of a width this walk chose
         self.weights = {}  # blob -> (Info, kind, fan_in, op index)
 
