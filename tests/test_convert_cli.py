@@ -312,9 +312,9 @@ REPRODUCERS = {
         lambda: ({"p.pbtxt": _text(make_net(ops=[("Dropout", ["x"], ["y", "m", "z"])], inputs=["x"], outputs=["y"]))},
                  ["convert", "p.pbtxt", "--input", "x:4", "-o", "m.onnx"]),
         "Dropout op #0: 3 output(s); Caffe2's Dropout has 1 to 2"),
-    "utf8-name": (lambda: ({"p.pb": _bad_utf8_net("name")}, ["convert", "p.pb", "--input", "x:4", "-o", "m.onnx"]), "NetDef.name is not valid UTF-8"),
+    "utf8-name": (lambda: ({"p.pb": _bad_utf8_net("name")}, ["convert", "p.pb", "--input", "x:4", "-o", "m.onnx"]), "name is not valid UTF-8"),
     "utf8-engine": (
-        lambda: ({"p.pb": _bad_utf8_net("engine")}, ["convert", "p.pb", "--input", "x:4", "-o", "m.onnx"]), "NetDef.op[0].engine is not valid UTF-8"),
+        lambda: ({"p.pb": _bad_utf8_net("engine")}, ["convert", "p.pb", "--input", "x:4", "-o", "m.onnx"]), "engine is not valid UTF-8"),
     "pbtxt-args-nested-200": (
         lambda: ({"p.pbtxt": _nested_args(200)}, ["convert", "p.pbtxt", "--input", "x:4", "-o", "m.onnx"]), "p.pbtxt: not a"),
     "value-info-nested-100k": (

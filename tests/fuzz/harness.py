@@ -29,6 +29,7 @@ CASE_MAX_BYTES = os.environ.get("CAFFE2_ORT_FUZZ_MAX_BYTES", "256M")
 PRELOAD = ["numpy", "onnx", "onnxruntime", "caffe2_ort", "caffe2_ort.cli", "caffe2_ort.caffe2.cli", "caffe2_ort.caffe2.converter"]
 
 _ctx = None
+CASES = {"total": 0}  # cases run in this process, by outcome ("exit 0", "exit 2", ...)
 
 
 def _context():
@@ -116,6 +117,9 @@ def run_cli(argv, *, files=None, cwd=None, headroom=HEADROOM, timeout=TIMEOUT, m
             proc.join()
         seconds = time.monotonic() - start
         read = lambda p: p.read_text(errors="replace") if p.exists() else ""  # noqa: E731
+        CASES["total"] += 1
+        key = "timeout" if timed_out else f"exit {proc.exitcode}"
+        CASES[key] = CASES.get(key, 0) + 1
         return Outcome(list(argv), proc.exitcode if proc.exitcode is not None else -9, read(out_path), read(err_path), seconds, timed_out)
 
 

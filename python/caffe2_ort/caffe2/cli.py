@@ -291,13 +291,14 @@ def _random_inputs(specs, rng, budget):
         dtype = np.dtype(dtype)
         shape = budget.check(f"random values for input {name!r}", shape, dtype)
         if dtype.kind == "f":
-            out[name] = rng.standard_normal(shape).astype(dtype)
+            values = rng.standard_normal(shape).astype(dtype)
         elif dtype == bool:
-            out[name] = rng.random(shape) < 0.5
+            values = rng.random(shape) < 0.5
         elif dtype.kind in "iu":
-            out[name] = rng.integers(0, 10, shape).astype(dtype)
+            values = rng.integers(0, 10, shape).astype(dtype)
         else:
             raise Caffe2Error(f"input {name!r}: cannot make random values of type {dtype}")
+        out[name] = np.asarray(values, dtype=dtype).reshape(shape)  # rank 0: an array, not a numpy scalar
     return out
 
 

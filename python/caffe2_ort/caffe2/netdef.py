@@ -158,6 +158,9 @@ def _parse_binary(data: bytes, source: str):
         net.ParseFromString(data)
     except RecursionError:
         return f"{source}: not a Caffe2 NetDef (nested too deeply)"
+    except UnicodeDecodeError as e:  # some protobuf builds check proto2 strings while parsing
+        field = str(e).rpartition("in field: ")[2] if "in field: " in str(e) else "a string field"
+        return f"{source}: not a Caffe2 NetDef, or corrupt ({field} is not valid UTF-8 text)"
     except (_pb_message.DecodeError, RuntimeError, ValueError, TypeError) as e:
         return f"{source}: not a Caffe2 NetDef, or truncated ({len(data)} bytes; protobuf says: {_one_line(e)})"
     try:
