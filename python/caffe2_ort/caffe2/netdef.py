@@ -585,7 +585,7 @@ def _fill_value(value, dtype, desc):
             raise FillError(f"{desc}: 'value' {value} is not an integer, the dtype is {dtype}")
         return fit_ints([int(value)], dtype, f"{desc}: 'value'")[0]
     if math.isfinite(value) and abs(value) > float(np.finfo(dtype).max):
-        raise FillError(f"{desc}: 'value' {value} does not fit {dtype} (largest {float(np.finfo(dtype).max):g})")
+        raise FillError(f"{desc}: 'value' {value:g} does not fit {dtype} (largest {float(np.finfo(dtype).max):g})")
     return dtype.type(value)
 
 
