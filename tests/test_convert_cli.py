@@ -424,3 +424,10 @@ def test_usage_errors_are_one_line(capsys):
         top.main(["synth-init", "p.pbtxt", "--width", "1e9", "-o", "x.pb"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.count("\n") == 1 and err.startswith("error: caffe2-ort synth-init: argument --width"), err
+
+
+def test_run_compare_with_an_empty_batch(capsys):
+    """Found by the fuzz suite: the executor's Softmax/Flatten reshaped with -1, which numpy refuses for size 0."""
+    rc, out, err = run_cli(capsys, "run", TINY / "predict_net.pbtxt", "--input", "data:0,3,8,8", "--synth", "--compare")
+    assert rc == 0, err
+    assert "prob: shape [0, 32] float32" in out and "prob: identical" in out  # synthesised FC width 32

@@ -186,6 +186,26 @@ def test_generated_nets(net, shape, text, command):
     _assert_contract(argv, {name: data})
 
 
+@st.composite
+def tiny_net_with_hostile_arguments(draw):
+    """The tiny net, valid but for one to three arguments: conversion, ORT and the executor all run."""
+    net = netdef.read_netdef(TINY / "predict_net.pbtxt")
+    for _ in range(draw(st.integers(1, 3))):
+        op = net.op[draw(st.integers(0, len(net.op) - 1))]
+        arg = draw(arguments())
+        kept = [a for a in op.arg if a.name != arg.name]
+        del op.arg[:]
+        op.arg.extend(kept + [arg])
+        if draw(st.integers(0, 3)) == 0:
+            op.engine = draw(st.sampled_from(["CUDNN", "DEFAULT", "X"]))
+    return net.SerializeToString()
+
+
+@given(net=tiny_net_with_hostile_arguments(), dims=st.sampled_from(["1,3,8,8", "2,3,5,7", "1,3,1,1", "0,3,8,8"]))
+def test_valid_net_with_hostile_arguments(net, dims):
+    _assert_contract(["run", "p.pb", "--input", f"data:{dims}", "--synth", "--compare"], {"p.pb": net})
+
+
 # ----------------------------------------------------------------------------------------------
 # value_info.json
 
