@@ -431,3 +431,14 @@ def test_run_compare_with_an_empty_batch(capsys):
     rc, out, err = run_cli(capsys, "run", TINY / "predict_net.pbtxt", "--input", "data:0,3,8,8", "--synth", "--compare")
     assert rc == 0, err
     assert "prob: shape [0, 32] float32" in out and "prob: identical" in out  # synthesised FC width 32
+
+
+def test_warnings_never_precede_the_error_line(tmp_path):
+    """A numpy warning raised before a failure is dropped; after a success it is one `warning:` line."""
+    np.save(tmp_path / "big.npy", np.full((1, 3, 8, 8), 1e300))  # float64 -> float32: overflow warning
+    np.save(tmp_path / "bad.npy", np.zeros(3, np.float32))
+    base = ["run", *TINY_ARGS, "--data", f"data={tmp_path / 'big.npy'}"]
+    o = check_outcome(run_capped(base + ["--data", f"data={tmp_path / 'bad.npy'}"]))
+    assert o.rc == 2 and "shape [3], the model wants [1, 3, 8, 8]" in o.stderr, o.describe()
+    o = check_outcome(run_capped(base))
+    assert o.rc == 0 and o.stderr.startswith("warning: overflow encountered in cast"), o.describe()

@@ -378,3 +378,16 @@ def test_limits_helpers(tmp_path):
     (tmp_path / "big").write_bytes(b"x" * 2000)
     with pytest.raises(limits.SizeLimitError, match=r"the file is 1.95 KiB, over the 1 KiB limit"):
         limits.Budget(1024).read_file(tmp_path / "big")
+
+
+def test_empty_tensor_with_dims_numpy_cannot_describe():
+    """Found by the fuzz suite: shape [0, 2^31-1, 2^31-1] has no elements, but numpy refuses it."""
+    from caffe2_ort.caffe2.limits import SizeLimitError
+
+    op = schema.OperatorDef(type="GivenTensorFill", output=["w"])
+    netdef.add_args(op, {"shape": [0, 2**31 - 1, 2**31 - 1], "values": []})
+    with pytest.raises(SizeLimitError, match=r"is too large to describe, even with no elements"):
+        netdef.evaluate_fill(op)
+    ok = schema.OperatorDef(type="GivenTensorFill", output=["w"])
+    netdef.add_args(ok, {"shape": [0, 5], "values": []})
+    assert netdef.evaluate_fill(ok).shape == (0, 5)

@@ -186,17 +186,14 @@ def guarded(fn):
                 if os.environ.get("CAFFE2_ORT_TRACEBACK"):
                     raise
                 return _error(f"internal error (a bug in caffe2-ort; please report it): {type(e).__name__}: {e}", EXIT_INTERNAL)
-        for w in caught:
-            print(f"warning: {_one_line(w.message)}", file=sys.stderr)
+        for message in dict.fromkeys(_one_line(w.message) for w in caught):  # each once, in order
+            print(f"warning: {message}", file=sys.stderr)
         return rc
 
     wrapped.__name__ = fn.__name__
     wrapped.__doc__ = fn.__doc__
     wrapped._guarded = True
     return wrapped
-
-
-_guard = guarded
 
 
 def _budget(args) -> Budget:
@@ -235,7 +232,7 @@ def _summary(conv):
     return f"{len(conv.model.graph.node)} nodes ({ops}); inputs {ins}; outputs {', '.join(conv.outputs)}"
 
 
-@_guard
+@guarded
 def cmd_convert(args) -> int:
     import onnx
 
@@ -252,7 +249,7 @@ def cmd_convert(args) -> int:
     return 0
 
 
-@_guard
+@guarded
 def cmd_synth_init(args) -> int:
     from . import netdef
     from .synth import synthesize
@@ -317,7 +314,12 @@ def _load_onnx(path, budget):
     if not model.HasField("graph"):
         raise NetDefFormatError(f"{path}: not an ONNX model (no graph)")
     if any(external_data_helper.uses_external_data(t) for t in model.graph.initializer):
-        external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
+        for t in model.graph.initializer:
+            budget.check(f"{path}: initializer {t.name!r}", t.dims, np.float64 if t.data_type == onnx.TensorProto.DOUBLE else np.float32)
+        try:
+            external_data_helper.load_external_data_for_model(model, str(Path(path).parent))
+        except Exception as e:  # missing or short external data files, paths outside the folder
+            raise NetDefFormatError(f"{path}: cannot load its external data ({type(e).__name__}: {_one_line(e)})") from None
     return model
 
 
@@ -401,7 +403,7 @@ def _session(model, provider):
         raise Caffe2Error(f"onnxruntime refused the model: {bytes(e.object[:300]).decode('utf-8', 'replace')}") from None
 
 
-@_guard
+@guarded
 def cmd_run(args) -> int:
     import onnx
     import onnxruntime as ort

@@ -114,6 +114,8 @@ class Budget:
         shape = check_shape(what, shape, SizeLimitError)
         itemsize = 8 if np.dtype(dtype) == object else np.dtype(dtype).itemsize
         nbytes = numel(shape) * max(itemsize, 1)
+        if numel(d for d in shape if d) * max(itemsize, 1) > INT64_MAX:  # numpy and ORT refuse it, even when empty
+            raise SizeLimitError(f"{what}: shape {_short(shape)} {np.dtype(dtype)} is too large to describe, even with no elements")
         if nbytes > self.max_bytes:
             raise SizeLimitError(f"{what}: shape {_short(shape)} {np.dtype(dtype)} is {format_bytes(nbytes)}, {self._hint()}")
         if claim:

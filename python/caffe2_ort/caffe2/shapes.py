@@ -347,7 +347,6 @@ def _infer(op, ins, where):
     t = canonical(op.type)
     args = Args(op)
     x = _need(ins, 0, where)
-    f32 = np.dtype(np.float32)
     if t in ("Conv", "ConvTranspose"):
         w = _need(ins, 1, where)
         p = resolve_conv_pool(op, x.shape, w.shape, where)
