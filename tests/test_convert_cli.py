@@ -415,6 +415,10 @@ def test_check_verbose_is_accepted():
 
     args = top.build_parser().parse_args(["check", "--verbose"])
     assert args.verbose is True and args.func is not None
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    r = subprocess.run([sys.executable, "-m", "caffe2_ort", "check", "--verbose"], cwd=REPO, capture_output=True, text=True,
+                       env=env, timeout=300)  # fmt: skip
+    assert r.returncode == 0 and "all checks passed" in r.stdout, r.stdout + r.stderr
 
 
 def test_usage_errors_are_one_line(capsys):
