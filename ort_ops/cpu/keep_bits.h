@@ -11,7 +11,9 @@ namespace caffe2_ort {
 enum class CpuIsa { kScalar, kAvx2, kAvx512 };
 
 // The best path this CPU supports, capped by the environment variable CAFFE2_ORT_CPU_ISA
-// ("scalar", "avx2", "avx512") so tests can pin every path.
+// ("scalar", "avx2", "avx512"; unset or empty: no cap) so tests can pin every path. A cap above
+// what the CPU supports gives the CPU's best. Any other value throws std::invalid_argument naming
+// the accepted ones (kernel creation then fails with that message).
 CpuIsa SelectCpuIsa();
 const char* CpuIsaName(CpuIsa isa);
 
