@@ -38,6 +38,10 @@ def _compile_and_run(tmp_path, test_source, *sources):
 def test_keep_bits_paths_across_the_counter_high_word(tmp_path):
     out = _compile_and_run(tmp_path, "tests/cpp/keep_bits_test.cc", "ort_ops/cpu/keep_bits.cc")
     assert "checked scalar" in out
+    # The benchmark's header names the path from /proc/cpuinfo; it must be the one the library takes.
+    from caffe2_ort.bench import cpu_isa_path
+
+    assert f"selected {cpu_isa_path(env={})}" in out
 
 
 def test_apply_paths_match_the_portable_path_bit_for_bit(tmp_path):
