@@ -106,14 +106,18 @@ def test_isa_path_follows_the_cap_and_rejects_unknown_values():
     flags = {"avx2", "f16c", "avx512f", "avx512bw", "avx512dq", "avx512vl", "bmi2"}
     if not bench.platform.machine() in ("x86_64", "AMD64"):
         pytest.skip("x86 paths only")
-    assert bench.cpu_isa_path(flags, {}) == "avx512"
-    assert bench.cpu_isa_path(flags - {"bmi2"}, {}) == "avx2"
-    assert bench.cpu_isa_path({"avx2"}, {}) == "scalar"  # the AVX2 path needs F16C too
-    assert bench.cpu_isa_path(flags, {"CAFFE2_ORT_CPU_ISA": "avx2"}) == "avx2"
-    assert bench.cpu_isa_path({"avx2", "f16c"}, {"CAFFE2_ORT_CPU_ISA": "avx512"}) == "avx2"
-    assert bench.cpu_isa_path(flags, {"CAFFE2_ORT_CPU_ISA": ""}) == "avx512"
-    with pytest.raises(bench.BenchError, match="'fast' is not one of scalar, avx2, avx512"):
-        bench.cpu_isa_path(flags, {"CAFFE2_ORT_CPU_ISA": "fast"})
+    intel, amd = "GenuineIntel", "AuthenticAMD"
+    assert bench.cpu_isa_path(flags, {}, intel) == "avx512"
+    assert bench.cpu_isa_path(flags | {"avx512ifma"}, {}, intel) == "avx512ifma"
+    assert bench.cpu_isa_path(flags | {"avx512ifma"}, {}, amd) == "avx512"  # Zen 4 keeps the vpshufd rounds
+    assert bench.cpu_isa_path(flags - {"bmi2"}, {}, intel) == "avx2"
+    assert bench.cpu_isa_path({"avx2"}, {}, intel) == "scalar"  # the AVX2 path needs F16C too
+    assert bench.cpu_isa_path(flags | {"avx512ifma"}, {"CAFFE2_ORT_CPU_ISA": "avx512"}, intel) == "avx512"
+    assert bench.cpu_isa_path(flags, {"CAFFE2_ORT_CPU_ISA": "avx2"}, intel) == "avx2"
+    assert bench.cpu_isa_path({"avx2", "f16c"}, {"CAFFE2_ORT_CPU_ISA": "avx512ifma"}, amd) == "avx2"
+    assert bench.cpu_isa_path(flags, {"CAFFE2_ORT_CPU_ISA": ""}, intel) == "avx512"
+    with pytest.raises(bench.BenchError, match="'fast' is not one of scalar, avx2, avx512, avx512ifma"):
+        bench.cpu_isa_path(flags, {"CAFFE2_ORT_CPU_ISA": "fast"}, intel)
 
 
 def test_module_entry_point_runs():

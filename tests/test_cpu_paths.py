@@ -57,7 +57,20 @@ def test_unknown_cpu_isa_value_is_an_error_naming_the_accepted_ones(monkeypatch,
     with pytest.raises(Exception) as err:
         session(plain_dropout_model(ratio=0.5, seed=1))
     msg = str(err.value)
-    assert f"CAFFE2_ORT_CPU_ISA = '{value}'" in msg and "scalar, avx2, avx512" in msg
+    assert f"CAFFE2_ORT_CPU_ISA = '{value}'" in msg and "not one of scalar, avx2, avx512, avx512ifma" in msg
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "avx512ifma", ""])
+@pytest.mark.parametrize("dtype,np_type", [(TensorProto.FLOAT, np.float32), (TensorProto.DOUBLE, np.float64)])
+def test_every_cap_gives_the_reference_masks(monkeypatch, isa, dtype, np_type):
+    # "" = no cap; a cap above this CPU's best runs its best. Several ORT tasks and a scalar tail.
+    monkeypatch.setenv("CAFFE2_ORT_CPU_ISA", isa)
+    x = np.random.default_rng(3).standard_normal(3 * 32768 + 77).astype(np_type)
+    x[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    y, mask = session(plain_dropout_model(dtype, ratio=0.3, seed=12), threads=2).run(None, {"X": x})
+    ref_y, ref_mask = R.dropout(x, ratio=0.3, seed=12)
+    assert np.array_equal(mask, ref_mask)
+    assert np.array_equal(bits(y), bits(ref_y))
 
 
 def test_empty_cpu_isa_value_means_no_cap(monkeypatch):

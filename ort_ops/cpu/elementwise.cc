@@ -311,7 +311,7 @@ template <Elem E>
 void ApplyKeepBits(CpuIsa isa, const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
                    bool* mask, size_t n, const uint64_t* bits, float scale, bool streaming) {
 #if C2ORT_X86
-  if (isa == CpuIsa::kAvx512) {
+  if (isa >= CpuIsa::kAvx512) {  // both AVX-512 paths
     // Streaming stores need 64-byte aligned destinations.
     const bool aligned = (reinterpret_cast<uintptr_t>(y) % 64 == 0) &&
                          (mask == nullptr || reinterpret_cast<uintptr_t>(mask) % 64 == 0);
@@ -334,7 +334,7 @@ template <Elem E>
 void ApplyMaskGrad(CpuIsa isa, const typename ElemTraits<E>::Storage* dy, const bool* mask,
                    typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
 #if C2ORT_X86
-  if (isa == CpuIsa::kAvx512) return ApplyMaskGradAvx512<E>(dy, mask, dx, n, scale);
+  if (isa >= CpuIsa::kAvx512) return ApplyMaskGradAvx512<E>(dy, mask, dx, n, scale);
   if (isa == CpuIsa::kAvx2) return ApplyMaskGradAvx2<E>(dy, mask, dx, n, scale);
 #endif
   (void)isa;

@@ -35,9 +35,9 @@ import numpy as np
 DEFAULT_SIZES = (16, 18, 20, 22, 24, 26)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 OUTPUT_MODES = ("ort", "bound")
+ISA_PATHS = ("scalar", "avx2", "avx512", "avx512ifma")  # CpuIsa in ort_ops/cpu/keep_bits.h, in order
 RATIO = 0.5
 SEED = 1
-COPY = "copy"
 
 
 class BenchError(Exception):
@@ -84,23 +84,27 @@ def _cpuinfo() -> dict:
     return info
 
 
-def cpu_isa_path(flags=None, env=None) -> str:
+def cpu_isa_path(flags=None, env=None, vendor=None) -> str:
     """The path the library's CPU kernels take here. Mirrors SelectCpuIsa in ort_ops/cpu/keep_bits.cc
-    (tests/test_cpu_paths.py checks that the two agree): AVX-512 needs F, BW, DQ, VL and BMI2; AVX2
-    needs AVX2 and F16C; CAFFE2_ORT_CPU_ISA caps the choice."""
+    (tests/test_cpu_paths.py checks that the two agree): AVX-512 needs F, BW, DQ, VL and BMI2, its
+    IFMA variant also AVX512IFMA and an Intel CPU; AVX2 needs AVX2 and F16C; CAFFE2_ORT_CPU_ISA caps
+    the choice."""
+    info = _cpuinfo() if flags is None or vendor is None else {}
     if flags is None:
-        flags = set(_cpuinfo().get("flags", "").split())
-    order = ["scalar", "avx2", "avx512"]
+        flags = set(info.get("flags", "").split())
+    if vendor is None:
+        vendor = info.get("vendor_id", "")
+    order = list(ISA_PATHS)
     best = "scalar"
     if platform.machine() in ("x86_64", "AMD64"):
         if {"avx512f", "avx512bw", "avx512dq", "avx512vl", "bmi2"} <= flags:
-            best = "avx512"
+            best = "avx512ifma" if "avx512ifma" in flags and vendor == "GenuineIntel" else "avx512"
         elif {"avx2", "f16c"} <= flags:
             best = "avx2"
     cap = (os.environ if env is None else env).get("CAFFE2_ORT_CPU_ISA", "")
     if cap:
         if cap not in order:
-            raise BenchError(f"CAFFE2_ORT_CPU_ISA = {cap!r} is not one of scalar, avx2, avx512")
+            raise BenchError(f"CAFFE2_ORT_CPU_ISA = {cap!r} is not one of {', '.join(order)}")
         best = order[min(order.index(best), order.index(cap))]
     return best
 
@@ -542,6 +546,7 @@ def plot(result, path: str) -> None:
                     ax.plot([p[0] for p in pts], [p[2] for p in pts], "--", color=line.get_color(), lw=0.8,
                             label=f"copy of the same bytes ({impl} {dtype})")
             ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
             ax.set_title(f"{t} thread(s), outputs {mode}")
             ax.set_xlabel("N (elements)")
             ax.set_ylabel("GB/s")

@@ -108,7 +108,7 @@ void Check(CpuIsa isa, std::mt19937_64& rng) {
 int main() {
   const CpuIsa best = SelectCpuIsa();
   std::mt19937_64 rng(12345);
-  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Ifma}) {
     if (static_cast<int>(isa) > static_cast<int>(best)) continue;  // not supported on this CPU
     Check<Elem::kFloat>(isa, rng);
     Check<Elem::kDouble>(isa, rng);

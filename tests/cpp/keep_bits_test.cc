@@ -17,7 +17,7 @@ int main() {
   const uint32_t thresholds[] = {1u, 0x80000000u, 0xFFFFFFFFu, 123456789u};
   const PhiloxKey keys[] = {{0, 0}, {0xDEADBEEFu, 0x01234567u}};
   int failures = 0;
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Ifma}) {
     if (static_cast<int>(isa) > static_cast<int>(best)) continue;  // not supported on this CPU
     for (uint64_t start : starts) {
       for (uint32_t t : thresholds) {
