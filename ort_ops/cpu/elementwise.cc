@@ -69,10 +69,10 @@ C2ORT_INLINE_AVX512 __m512d Scale8(__m512d x, __m512d s, __mmask8 keep) {
   return _mm512_mask_mul_pd(xs, static_cast<__mmask8>(~keep), xs, _mm512_setzero_pd());
 }
 
-// (dy * m) * s: kept lanes dy * s ((dy * 1) * s is the same number), dropped lanes dy * 0 (a signed
-// zero or NaN, which the multiply by s leaves as it is).
+// (dy * m) * s with m = 0.0 / 1.0. (A masked multiply of the kept lanes by s, as in Scale16, measured
+// 5% slower here: dy is then needed by two multiplies, so its load no longer folds into one.)
 C2ORT_INLINE_AVX512 __m512 Grad16(__m512 dy, __m512 s, __mmask16 keep) {
-  return _mm512_mask_mul_ps(_mm512_mul_ps(dy, _mm512_setzero_ps()), keep, dy, s);
+  return _mm512_mul_ps(_mm512_mul_ps(dy, _mm512_maskz_mov_ps(keep, _mm512_set1_ps(1.0f))), s);
 }
 
 C2ORT_INLINE_AVX512 __m512 LoadBf16(const uint16_t* p) {
@@ -156,8 +156,8 @@ C2ORT_TARGET_AVX512 void ApplyMaskGradAvx512(const typename ElemTraits<E>::Stora
       const __m512d sd = _mm512_set1_pd(static_cast<double>(scale));
       for (int q = 0; q < 2; ++q) {
         const __mmask8 k = static_cast<__mmask8>(keep >> (8 * q));
-        const __m512d g = _mm512_loadu_pd(dy + i + 8 * q);
-        _mm512_storeu_pd(dx + i + 8 * q, _mm512_mask_mul_pd(_mm512_mul_pd(g, _mm512_setzero_pd()), k, g, sd));
+        const __m512d m = _mm512_maskz_mov_pd(k, _mm512_set1_pd(1.0));
+        _mm512_storeu_pd(dx + i + 8 * q, _mm512_mul_pd(_mm512_mul_pd(_mm512_loadu_pd(dy + i + 8 * q), m), sd));
       }
     } else if constexpr (E == Elem::kHalf) {
       const __m512 in = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dy + i)));
