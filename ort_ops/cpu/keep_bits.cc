@@ -26,6 +26,25 @@ void KeepBitsScalar(PhiloxKey key, uint64_t first_block, size_t words, uint32_t 
 #if C2ORT_X86
 
 
+// k0 and k1 of rounds 0..9, widened to 64-bit lanes. The vector paths read them from memory as
+// broadcast operands (a load each, no ALU uop and no register).
+struct RoundKeys {
+  alignas(64) uint64_t k0[kPhiloxRounds];
+  alignas(64) uint64_t k1[kPhiloxRounds];
+};
+
+inline void ScheduleKeys(PhiloxKey key, RoundKeys* rk) {
+  uint32_t k0 = key.k0, k1 = key.k1;
+  for (int round = 0; round < kPhiloxRounds; ++round) {
+    rk->k0[round] = k0;
+    rk->k1[round] = k1;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  // The compiler must read the keys back from memory rather than re-materialise them in registers.
+  asm volatile("" : : "r"(rk) : "memory");
+}
+
 // ---------------------------------------------------------------- AVX2: 8 blocks per vector
 struct Philox8 {
   __m256i w0, w1, w2, w3;
@@ -38,27 +57,29 @@ C2ORT_INLINE_AVX2 void MulHiLo8(__m256i a, __m256i m, __m256i* hi, __m256i* lo) 
   *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
 }
 
-C2ORT_INLINE_AVX2 Philox8 Philox8Rounds(__m256i c0, __m256i c1, PhiloxKey key) {
+// Two 8-block streams advanced in lockstep (see kStreams below for why), counters (lo, hi, 0, 0).
+C2ORT_INLINE_AVX2 void Philox8x2Rounds(const __m256i (&lo)[2], const __m256i (&hi)[2], const RoundKeys& rk,
+                                       Philox8 (&out)[2]) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
-  __m256i c2 = _mm256_setzero_si256(), c3 = _mm256_setzero_si256();
-  uint32_t k0 = key.k0, k1 = key.k1;
+  __m256i c0[2] = {lo[0], lo[1]}, c1[2] = {hi[0], hi[1]};
+  __m256i c2[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, c3[2] = {c2[0], c2[1]};
+#pragma GCC unroll 10
   for (int round = 0; round < kPhiloxRounds; ++round) {
-    if (round > 0) {
-      k0 += kPhiloxW0;
-      k1 += kPhiloxW1;
+    const __m256i k0 = _mm256_set1_epi32(static_cast<int>(rk.k0[round]));
+    const __m256i k1 = _mm256_set1_epi32(static_cast<int>(rk.k1[round]));
+#pragma GCC unroll 2
+    for (int s = 0; s < 2; ++s) {
+      __m256i hi0, lo0, hi1, lo1;
+      MulHiLo8(c0[s], m0, &hi0, &lo0);
+      MulHiLo8(c2[s], m1, &hi1, &lo1);
+      c0[s] = _mm256_xor_si256(_mm256_xor_si256(hi1, c1[s]), k0);
+      c1[s] = lo1;
+      c2[s] = _mm256_xor_si256(_mm256_xor_si256(hi0, c3[s]), k1);
+      c3[s] = lo0;
     }
-    __m256i hi0, lo0, hi1, lo1;
-    MulHiLo8(c0, m0, &hi0, &lo0);
-    MulHiLo8(c2, m1, &hi1, &lo1);
-    const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
-    const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
   }
-  return Philox8{c0, c1, c2, c3};
+  for (int s = 0; s < 2; ++s) out[s] = Philox8{c0[s], c1[s], c2[s], c3[s]};
 }
 
 // Counters (b mod 2^32, b / 2^32) for blocks b = first + 0..7, carrying into the high word.
@@ -97,15 +118,19 @@ C2ORT_INLINE_AVX2 uint32_t Keep32(const Philox8& r, __m256i t) {
 
 C2ORT_TARGET_AVX2 void KeepBitsAvx2(PhiloxKey key, uint64_t first_block, size_t words,
                                                   uint32_t threshold, uint64_t* bits) {
+  RoundKeys rk;
+  ScheduleKeys(key, &rk);
   const __m256i t = _mm256_set1_epi32(static_cast<int>(threshold));
   for (size_t w = 0; w < words; ++w) {
+    const RoundKeys* keys = &rk;
+    asm("" : "+r"(keys));  // the key loads stay broadcast operands in the loop
     const uint64_t b = first_block + w * kBlocksPerWord;
-    __m256i lo_a, hi_a, lo_b, hi_b;
-    Counters8(b, &lo_a, &hi_a);
-    Counters8(b + 8, &lo_b, &hi_b);
-    const Philox8 ra = Philox8Rounds(lo_a, hi_a, key);
-    const Philox8 rb = Philox8Rounds(lo_b, hi_b, key);
-    bits[w] = static_cast<uint64_t>(Keep32(ra, t)) | (static_cast<uint64_t>(Keep32(rb, t)) << 32);
+    __m256i lo[2], hi[2];
+    Counters8(b, &lo[0], &hi[0]);
+    Counters8(b + 8, &lo[1], &hi[1]);
+    Philox8 r[2];
+    Philox8x2Rounds(lo, hi, *keys, r);
+    bits[w] = static_cast<uint64_t>(Keep32(r[0], t)) | (static_cast<uint64_t>(Keep32(r[1], t)) << 32);
   }
 }
 
@@ -123,24 +148,6 @@ C2ORT_TARGET_AVX2 void KeepBitsAvx2(PhiloxKey key, uint64_t first_block, size_t 
 struct Philox8Blocks {
   __m512i w0, w1, w2, w3;
 };
-
-// k0 and k1 of rounds 0..9, widened to 64-bit lanes.
-struct RoundKeys {
-  alignas(64) uint64_t k0[kPhiloxRounds];
-  alignas(64) uint64_t k1[kPhiloxRounds];
-};
-
-inline void ScheduleKeys(PhiloxKey key, RoundKeys* rk) {
-  uint32_t k0 = key.k0, k1 = key.k1;
-  for (int round = 0; round < kPhiloxRounds; ++round) {
-    rk->k0[round] = k0;
-    rk->k1[round] = k1;
-    k0 += kPhiloxW0;
-    k1 += kPhiloxW1;
-  }
-  // The compiler must read the keys back from memory rather than re-materialise them in registers.
-  asm volatile("" : : "r"(rk) : "memory");
-}
 
 // Packs the low 32 bits of the 64-bit lanes of a and b: 16 dwords, a's 8 lanes first.
 C2ORT_INLINE_AVX512 __m512i PackLow(__m512i a, __m512i b) {
