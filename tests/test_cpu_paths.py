@@ -18,7 +18,7 @@ from ort_helpers import bits, make_model, plain_dropout_model, session
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _compile_and_run(tmp_path, test_source, *sources):
+def _compile_and_run(tmp_path, test_source, *sources, args=(), expect_ok=True):
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if cxx is None:
         if os.environ.get("CI") == "true":
@@ -26,12 +26,12 @@ def _compile_and_run(tmp_path, test_source, *sources):
         pytest.skip("no C++ compiler found")
     exe = tmp_path / Path(test_source).stem
     # -ffp-contract=off as in the library's build: (x * scale) * m is two roundings.
-    subprocess.run([cxx, "-std=c++17", "-O2", "-ffp-contract=off", f"-I{REPO / 'ort_ops'}", str(REPO / test_source),
+    subprocess.run([cxx, "-std=c++17", "-O3", "-ffp-contract=off", f"-I{REPO / 'ort_ops'}", str(REPO / test_source),
                     *(str(REPO / s) for s in sources), "-o", str(exe)], check=True, timeout=300)
     env = {k: v for k, v in os.environ.items() if k != "CAFFE2_ORT_CPU_ISA"}
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120, env=env)
+    out = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip().endswith("ok")
+    assert not expect_ok or out.stdout.strip().endswith("ok")
     return out.stdout
 
 
@@ -49,6 +49,18 @@ def test_apply_paths_match_the_portable_path_bit_for_bit(tmp_path):
     out = _compile_and_run(tmp_path, "tests/cpp/elementwise_test.cc", "ort_ops/cpu/elementwise.cc",
                            "ort_ops/cpu/keep_bits.cc")
     assert "checked" in out or "x86" not in os.uname().machine
+
+
+def test_kernel_microbenchmark_runs(tmp_path):
+    """The in-cache microbenchmark the README's cycle figures come from keeps building and running."""
+    out = _compile_and_run(tmp_path, "tests/cpp/kernel_microbench.cc", "ort_ops/cpu/keep_bits.cc",
+                           "ort_ops/cpu/elementwise.cc", args=("3",), expect_ok=False)
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("isa ") and "GHz" in lines[0]
+    for what in ("keep bits", "keep bits + apply, mask", "keep bits + apply, no mask", "grad apply"):
+        line = next(l for l in lines[1:] if l.startswith(what + " "))
+        ns, cycles = float(line.split()[-4]), float(line.split()[-2])
+        assert ns > 0 and cycles > 0
 
 
 @pytest.mark.parametrize("value", ["avx1024", "AVX2", "sse2 ", "auto"])
