@@ -11,7 +11,8 @@ from caffe2_ort import bench
 from caffe2_ort.cli import main
 
 ROW_FIELDS = {"n", "log2n", "threads", "mode", "dtype", "impl", "bytes", "ms", "min_ms", "gbps", "ns_per_elem",
-              "cycles_per_elem", "copy_ms", "copy_gbps", "copy_by", "vs_copy", "copy_pool_ms", "copy_memcpy_ms"}
+              "cycles_per_elem", "copy_ms", "copy_gbps", "copy_by", "vs_copy", "copy_pool_ms", "copy_memcpy_ms",
+              "vs_builtin"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,12 @@ def test_row_fields_and_arithmetic(result):
         assert r["copy_by"] in ("pool", "memcpy")
         assert r["copy_ms"] == min(r["copy_pool_ms"], r["copy_memcpy_ms"])
         assert r["vs_copy"] == pytest.approx(r["copy_ms"] / r["ms"])
+        builtin = [b for b in result["rows"] if b["impl"] == bench.BUILTIN and
+                   (b["n"], b["threads"], b["mode"], b["dtype"]) == (r["n"], r["threads"], r["mode"], r["dtype"])]
+        if r["impl"] == "dropout+mask" and builtin:
+            assert r["vs_builtin"] == pytest.approx(builtin[0]["ms"] / r["ms"])
+        elif r["impl"] in ("dropout", "dropout_grad", bench.BUILTIN):
+            assert r["vs_builtin"] is None
         if result["machine"]["ghz"]:
             assert r["cycles_per_elem"] == pytest.approx(r["ns_per_elem"] * result["machine"]["ghz"] * r["threads"])
 
@@ -53,7 +60,8 @@ def test_header_names_the_cpu_and_the_isa_path(result):
     text = bench.format_header(result)
     assert m["cpu"] in text and f"path: {m['isa_path']}" in text
     table = bench.format_table(result["rows"])
-    assert "x copy" in table and "cyc/el" in table and len(table.splitlines()) == len(result["rows"]) + 1
+    assert "x copy" in table and "x ORT" in table and "cyc/el" in table
+    assert len(table.splitlines()) == len(result["rows"]) + 1
 
 
 def test_an_rng_variant_the_library_ignores_is_listed_unavailable(monkeypatch):

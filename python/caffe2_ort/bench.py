@@ -483,6 +483,12 @@ def measure(sizes, threads_list, dtypes=("float32",), modes=OUTPUT_MODES, varian
                                    min_reps=3, warmup=1)
                     add(n, log2n, threads, "torch", dtype, TORCH, full, timing, copy_times(full, threads, "ort"))
             del x, grad_mask
+    # Speed-up over ORT's own Dropout (which also writes the mask) for the forward-with-mask variants.
+    builtin_ms = {(r["n"], r["threads"], r["mode"], r["dtype"]): r["ms"] for r in rows if r["impl"] == BUILTIN}
+    forward_with_mask = {v.name for v in runnable if v.op == "Dropout" and v.mask}
+    for r in rows:
+        ref = builtin_ms.get((r["n"], r["threads"], r["mode"], r["dtype"]))
+        r["vs_builtin"] = ref / r["ms"] if ref and r["impl"] in forward_with_mask else None
     return {"machine": machine, "rows": rows, "unavailable": unavailable}
 
 
@@ -498,7 +504,8 @@ def format_header(result) -> str:
         f"onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, library {m['library']}",
         "bytes per run: Dropout+mask and DropoutGrad 2s+1 per element, Dropout 2s (s = element size); copy = the "
         "faster of two copies of the same bytes with the same threads (test-mode Dropout on ORT's pool, memcpy "
-        "over Python threads); x copy = copy time / this time; cyc/el = time x threads x clock / N; mode: ort = "
+        "over Python threads); x copy = copy time / this time; x ORT = ORT Dropout's time / this time (forward "
+        "with mask); cyc/el = time x threads x clock / N; mode: ort = "
         "outputs allocated by ORT, bound = preallocated numpy arrays",
     ]
     for name, reason in result["unavailable"].items():
@@ -508,14 +515,15 @@ def format_header(result) -> str:
 
 def format_table(rows) -> str:
     head = (f"{'N':>5} {'thr':>3} {'mode':<5} {'dtype':<8} {'implementation':<22} {'ms':>9} {'GB/s':>7} "
-            f"{'copy GB/s':>9} {'x copy':>6} {'ns/el':>7} {'cyc/el':>6}")
+            f"{'copy GB/s':>9} {'x copy':>6} {'x ORT':>6} {'ns/el':>7} {'cyc/el':>6}")
     lines = [head]
     for r in rows:
         copy = f"{r['copy_gbps']:9.2f}" if r["copy_gbps"] else f"{'':9}"
         vs = f"{r['vs_copy']:6.2f}" if r["vs_copy"] else f"{'':6}"
         cyc = f"{r['cycles_per_elem']:6.2f}" if r["cycles_per_elem"] is not None else f"{'':6}"
+        ort = f"{r['vs_builtin']:6.1f}" if r.get("vs_builtin") else f"{'':6}"
         lines.append(f"{'2^%d' % r['log2n']:>5} {r['threads']:>3} {r['mode']:<5} {r['dtype']:<8} {r['impl']:<22} "
-                     f"{r['ms']:9.3f} {r['gbps']:7.2f} {copy} {vs} {r['ns_per_elem']:7.3f} {cyc}")
+                     f"{r['ms']:9.3f} {r['gbps']:7.2f} {copy} {vs} {ort} {r['ns_per_elem']:7.3f} {cyc}")
     return "\n".join(lines)
 
 
