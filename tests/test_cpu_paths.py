@@ -92,10 +92,11 @@ def test_empty_cpu_isa_value_means_no_cap(monkeypatch):
     assert np.array_equal(mask, R.keep_mask(1, 0, x.shape, 0.5))
 
 
-@pytest.mark.parametrize("dtype,np_type", [(TensorProto.FLOAT, np.float32), (TensorProto.DOUBLE, np.float64)])
+@pytest.mark.parametrize("dtype,np_type", [(TensorProto.FLOAT, np.float32), (TensorProto.DOUBLE, np.float64),
+                                           (TensorProto.FLOAT16, np.float16)])
 def test_streaming_store_path_is_exact(dtype, np_type):
     # Outputs of 32 MiB and more take the non-temporal-store path; +5 leaves a scalar tail.
-    n = (1 << 23) + 5
+    n = (32 << 20) // np.dtype(np_type).itemsize + 5
     x = np.random.default_rng(8).standard_normal(n).astype(np_type)
     y, mask = session(plain_dropout_model(dtype, ratio=0.25, seed=6), threads=2).run(None, {"X": x})
     ref_y, ref_mask = R.dropout(x, ratio=0.25, seed=6)

@@ -89,6 +89,15 @@ C2ORT_INLINE_AVX512 __m256i ToBf16(__m512 v) {
   return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(is_nan, rounded, quiet_nan));
 }
 
+// 16 16-bit elements; two streaming halves fill one cache line of a 64-byte aligned output.
+C2ORT_INLINE_AVX512 void Store256(uint16_t* p, __m256i v, bool streaming) {
+  if (streaming) {
+    _mm256_stream_si256(reinterpret_cast<__m256i*>(p), v);
+  } else {
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), v);
+  }
+}
+
 template <Elem E>
 C2ORT_TARGET_AVX512 void ApplyKeepBitsAvx512(const typename ElemTraits<E>::Storage* x,
                                          typename ElemTraits<E>::Storage* y, bool* mask, size_t n,
@@ -121,13 +130,12 @@ C2ORT_TARGET_AVX512 void ApplyKeepBitsAvx512(const typename ElemTraits<E>::Stora
       for (int q = 0; q < 4; ++q) {
         const __m512 in = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i + 16 * q)));
         const __m512 v = Scale16(in, s, static_cast<__mmask16>(b >> (16 * q)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i + 16 * q),
-                            _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        Store256(y + i + 16 * q, _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), streaming);
       }
     } else {  // bfloat16
       for (int q = 0; q < 4; ++q) {
         const __m512 v = Scale16(LoadBf16(x + i + 16 * q), s, static_cast<__mmask16>(b >> (16 * q)));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i + 16 * q), ToBf16(v));
+        Store256(y + i + 16 * q, ToBf16(v), streaming);
       }
     }
     if (mask != nullptr) {
@@ -224,10 +232,13 @@ C2ORT_INLINE_AVX2 void Store8(typename ElemTraits<E>::Storage* p, __m256 v, bool
     } else {
       _mm256_storeu_ps(p, v);
     }
-  } else if constexpr (E == Elem::kHalf) {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
   } else {
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), ToBf16x8(v));
+    const __m128i h = E == Elem::kHalf ? _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC) : ToBf16x8(v);
+    if (streaming) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(p), h);
+    } else {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+    }
   }
 }
 
@@ -315,14 +326,12 @@ void ApplyKeepBits(CpuIsa isa, const typename ElemTraits<E>::Storage* x, typenam
     // Streaming stores need 64-byte aligned destinations.
     const bool aligned = (reinterpret_cast<uintptr_t>(y) % 64 == 0) &&
                          (mask == nullptr || reinterpret_cast<uintptr_t>(mask) % 64 == 0);
-    return ApplyKeepBitsAvx512<E>(x, y, mask, n, bits, scale, streaming && aligned && E != Elem::kHalf &&
-                                                                    E != Elem::kBFloat16);
+    return ApplyKeepBitsAvx512<E>(x, y, mask, n, bits, scale, streaming && aligned);
   }
   if (isa == CpuIsa::kAvx2) {
     const bool aligned = (reinterpret_cast<uintptr_t>(y) % 32 == 0) &&
                          (mask == nullptr || reinterpret_cast<uintptr_t>(mask) % 32 == 0);
-    return ApplyKeepBitsAvx2<E>(x, y, mask, n, bits, scale, streaming && aligned && E != Elem::kHalf &&
-                                                                  E != Elem::kBFloat16);
+    return ApplyKeepBitsAvx2<E>(x, y, mask, n, bits, scale, streaming && aligned);
   }
 #endif
   (void)isa;
