@@ -136,19 +136,15 @@ C2ORT_TARGET_AVX2 void KeepBitsAvx2(PhiloxKey key, uint64_t first_block, size_t 
 
 // ---------------------------------------------------------------- AVX-512
 // Each 64-bit lane carries one block's 32-bit state word in its low half. _mm512_mul_epu32 then
-// yields the full 32x32->64 product with no shuffling: the low half is lo, a shift gives hi. Upper
-// halves collect garbage from the xors, which the multiplier and the final pack ignore.
+// yields the full 32x32->64 product with no shuffling: the low half is lo, one dword shuffle gives
+// hi. Upper halves collect garbage from the xors, which the multiplier and the final pack ignore.
 //
 // Cost per 8 blocks (32 elements) and round: 2 vpmuludq (ports 0/5), 2 moves of the high halves
 // down (vpshufd, port 5), 2 vpternlogq (ports 0/5), i.e. 6 uops on the two 512-bit ports = 3
-// cycles; the ten rounds are the floor of the kernel (see README, "Benchmark"). The round keys come from a
-// table in memory as embedded broadcasts, which cost a load each but no ALU uop and no register:
+// cycles; the ten rounds are the floor of the kernel (see README, "Benchmark"). The round keys come
+// from a table in memory as embedded broadcasts, which cost a load each but no ALU uop and no register:
 // broadcasting them from general registers would put 18 more uops per call on port 5, and keeping
 // them in registers spills the Philox state of four streams.
-struct Philox8Blocks {
-  __m512i w0, w1, w2, w3;
-};
-
 // Packs the low 32 bits of the 64-bit lanes of a and b: 16 dwords, a's 8 lanes first.
 C2ORT_INLINE_AVX512 __m512i PackLow(__m512i a, __m512i b) {
   const __m512i low_halves = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
@@ -160,14 +156,15 @@ C2ORT_INLINE_AVX512 __m512i PackHigh(__m512i a, __m512i b) {
 }
 
 // Rounds 0..8 of kStreams independent 8-block vectors, advanced in lockstep: the compiler emits
-// instructions in source order, and a stream-after-stream order would leave the out-of-order
-// window holding one stream's 7-cycle dependency chain at a time (measured 1.7 instead of 1.0
-// cycles per element on a Sapphire Rapids-class core).
+// instructions in source order, and a stream-after-stream order leaves the out-of-order window
+// holding one stream's 7-cycle dependency chain at a time (that order measured 1.9 cycles per
+// element on a Sapphire Rapids-class core, against a floor of 1.0).
 constexpr int kStreams = 4;
 
 // The high half of each 64-bit lane moved to the low half (the high half is then don't-care). A
-// dword shuffle (port 5) rather than a 64-bit shift (port 0 only for 512-bit shifts): it balances
-// the two 512-bit ports and measured 8-12% faster on the Intel machine.
+// dword shuffle (port 5 only) rather than a 64-bit shift (port 0 only for 512-bit shifts): tied to
+// one port either way, the shuffle measured no slower and up to 8% faster on the Intel machine
+// (noisy).
 C2ORT_INLINE_AVX512 __m512i High32(__m512i p) { return _mm512_shuffle_epi32(p, _MM_PERM_CDAB); }
 struct PhiloxState {
   __m512i c0[kStreams], c1[kStreams], c2[kStreams], c3[kStreams];
