@@ -810,6 +810,15 @@ def _caffe2_dropout(e, n, dys, needs):
     return [e.node("DropoutGrad", inputs, f"{n.input[0]}_grad", domain=n.domain or DOMAIN, **kw)]
 
 
+@rule("DropoutGrad", domain=DOMAIN)
+def _caffe2_dropout_grad(e, n, dys, needs):
+    """DropoutGrad is linear in dY: its gradient is DropoutGrad again with the same mask and attributes."""
+    kw = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    kw = {k: (_text(v) if isinstance(v, bytes) else v) for k, v in kw.items()}
+    return [e.node("DropoutGrad", [dys[0]] + list(n.input[1:2]), f"{n.input[0]}_grad", domain=n.domain or DOMAIN, **kw),
+            None]
+
+
 def _onnx_dropout_prepare(node, names):
     if len(node.output) < 2 or not node.output[1]:
         del node.output[1:]

@@ -254,6 +254,10 @@ class TorchGraph:
             return [x.to(getattr(torch, np.dtype(to).name))]
         if op == "Shape":
             return [torch.tensor(list(x.shape), dtype=torch.int64)]
+        if op.endswith("::DropoutGrad"):
+            if a.get("is_test", 0):
+                return [x]
+            return [x * ins[1].to(x.dtype) * (1.0 / (1.0 - a.get("ratio", 0.5)))]
         if op.endswith("::Dropout") or op == "Dropout":
             if op == "Dropout":
                 ratio = float(consts[n.input[1]]) if len(n.input) > 1 and n.input[1] else 0.5
