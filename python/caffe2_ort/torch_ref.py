@@ -121,8 +121,9 @@ def _reshape(x, shape, allowzero=0):
 class TorchGraph:
     """Evaluate an ONNX ``ModelProto`` with torch ops; ``run`` returns every tensor it computed."""
 
-    def __init__(self, model, dtype=None):
+    def __init__(self, model, dtype=None, sample_dropout=False):
         self.model = model
+        self.sample_dropout = sample_dropout  # draw training-mode Dropout masks with torch instead of taking them
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.dtype = dtype
         self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -267,10 +268,12 @@ class TorchGraph:
             if is_test:
                 return [x]
             m = masks.get(n.output[0])
+            if m is None and self.sample_dropout:
+                m = torch.rand(x.shape) >= ratio
             if m is None:
                 raise ValueError(f"torch_ref: training-mode Dropout {n.name or n.output[0]!r} needs its mask "
                                  f"(masks={{{n.output[0]!r}: ...}})")
-            mask = torch.from_numpy(np.asarray(m))
+            mask = m if isinstance(m, torch.Tensor) else torch.from_numpy(np.asarray(m))
             return [x * mask.to(x.dtype) * (1.0 / (1.0 - ratio)), mask]
         raise NotImplementedError(f"torch_ref: no torch translation for {op}")
 
