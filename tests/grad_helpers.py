@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -11,7 +13,12 @@ import caffe2_ort
 from caffe2_ort import graph as G
 from ort_helpers import session
 
-torch_ref = pytest.importorskip("caffe2_ort.torch_ref", reason="the autodiff oracle needs torch (pip install torch==2.13.0)")
+try:
+    from caffe2_ort import torch_ref
+except ImportError:  # CI installs the autodiff extra: there a missing torch is a failure, elsewhere a skip
+    if os.environ.get("CI") == "true":
+        raise
+    pytest.skip("the autodiff oracle needs torch: pip install 'caffe2-ort[autodiff]' (torch==2.13.0)", allow_module_level=True)
 
 
 def projection_model(nodes, params, output, feeds=(), consts=None, opset=17, seed=0):

@@ -2,44 +2,30 @@
 SoftmaxCrossEntropyLoss, momentum SGD) trained by TrainingSession for 30 steps on a fixed labelled
 batch: the loss falls by 5x or more (mean of the last 5 steps against the first), and export() equals a fresh conversion with the trained weights."""
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper as h
 
-from caffe2_ort import graph as G
 from caffe2_ort import training as T
-from caffe2_ort.caffe2 import convert, netdef, read_netdef, synthesize
+from caffe2_ort.caffe2 import convert, netdef
 from caffe2_helpers import shared_file
 from ort_helpers import session
 
 BATCH, WIDTH, FC_WIDTH = 4, 8, 256
 
-
-def alexnet():
-    net = read_netdef(shared_file("caffe2_models", "bvlc_alexnet", "predict_net.pbtxt"))
-    vi = {"data": (np.dtype(np.float32), (BATCH, 3, 224, 224))}
-    init, _ = synthesize(net, vi, seed=0, width=WIDTH, fc_width=FC_WIDTH)
-    return net, init, vi
-
-
-def with_loss(model, logits="fc8"):
-    """Training-mode Dropout (fixed seeds, so the run repeats) and SoftmaxCrossEntropyLoss on the logits."""
-    model = G.to_training(model, expose_masks=False)
-    for k, n in enumerate(d for d in model.graph.node if d.op_type == "Dropout"):
-        n.attribute.append(h.make_attribute("seed", 100 + k))
-    g = model.graph
-    g.input.append(h.make_tensor_value_info("label", TensorProto.INT64, [BATCH]))
-    g.node.append(h.make_node("SoftmaxCrossEntropyLoss", [logits, "label"], ["loss"]))
-    g.output.append(h.make_tensor_value_info("loss", TensorProto.FLOAT, []))
-    return model
+_spec = importlib.util.spec_from_file_location("train_alexnet", Path(__file__).resolve().parents[1] / "examples" / "train_alexnet.py")
+ex = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ex)
 
 
 @pytest.mark.slow
 def test_alexnet_trains_and_exports(tmp_path):
-    net, init, vi = alexnet()
-    model = convert(net, init, vi).model
-    train = T.make_training_model(with_loss(model), "loss", optimizer="momentum", lr=0.005, momentum=0.9)
+    zoo = shared_file("caffe2_models", "bvlc_alexnet")
+    net, init, vi, forward = ex.build(BATCH, WIDTH, FC_WIDTH, zoo=zoo)
+    train = T.make_training_model(forward, "loss", optimizer="momentum", lr=0.005, momentum=0.9)
     sess = T.TrainingSession(train)
     rng = np.random.RandomState(0)
     feeds = {"data": rng.standard_normal((BATCH, 3, 224, 224)).astype(np.float32),
@@ -63,3 +49,10 @@ def test_alexnet_trains_and_exports(tmp_path):
     assert got.tobytes() == want.tobytes()
     assert [o.name for o in exported.graph.output] == ["prob"]
     assert not any(n.op_type in ("DropoutGrad", "ScatterElements") for n in exported.graph.node)
+
+
+def test_example_script_runs(tmp_path, capsys):
+    shared_file("caffe2_models", "bvlc_alexnet")
+    losses, sess = ex.main(["--steps", "2", "--width", "4", "--fc-width", "16", "--out", str(tmp_path / "t.onnx")])
+    assert len(losses) == 2 and "step   2  loss" in capsys.readouterr().out
+    assert (tmp_path / "t.onnx").exists()

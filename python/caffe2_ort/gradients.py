@@ -35,6 +35,7 @@ from .graph import _Names, _attrs, _infer, _is_ours, _text, ensure_opset
 FLOAT_TYPES = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
 MIN_OPSET = 13
 EMIT_OPSET = 17
+OFFSET_KERNEL_LIMIT = 9  # Conv dW by kernel offsets up to this many kernel elements (see conv_weight_grad)
 
 # Ops that never carry a gradient (their outputs are integers, booleans, shapes or constants).
 NO_GRADIENT = frozenset(
@@ -583,7 +584,7 @@ def conv_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, grou
     MatMul, summed over the batch (what im2col + GEMM does; ~2x to 15x faster in ORT than the Conv
     form). Larger kernels: a Conv of X (channels as batch) with dY as the kernel."""
     xs, ys = tuple(xs), tuple(ys)
-    if int(np.prod(k_shape)) <= 9:
+    if int(np.prod(k_shape)) <= OFFSET_KERNEL_LIMIT:
         return _offset_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, group, base)
     n, c, o, g = xs[0], xs[1], ys[1], group
     cg, og = c // g, o // g
