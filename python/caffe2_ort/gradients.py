@@ -769,14 +769,19 @@ def _global_max_pool(e, n, dys, needs):
     return [e.reshape(g, xs, f"{x}_grad")]
 
 
-def _channel_window_mean(e, t, shape, before, after, size, base):
-    """For each channel c: the mean over channels [c - before, c + after] of t, zeros outside (divisor size)."""
-    n, c = shape[0], shape[1]
-    rest = int(np.prod(shape[2:]))
-    t4 = e.reshape(t, (n, 1, c, rest), f"{base}_4d")
-    pooled = e.node("AveragePool", [t4], f"{base}_pool", kernel_shape=[size, 1], pads=[before, 0, after, 0],
-                    count_include_pad=1)
-    return e.reshape(pooled, shape, base)
+def _channel_window_sum(e, t, shape, before, after, base):
+    """For each channel c: the sum over channels [c - before, c + after] of t (zeros outside): one Pad,
+    a Slice per window position and one Sum (in ORT ~2x faster than a pooling over channels, and exact
+    where a running CumSum would cancel)."""
+    c, r = shape[1], len(shape)
+    pads = [0] * r
+    pads_end = [0] * r
+    pads[1], pads_end[1] = before, after
+    tp = e.node("Pad", [t, e.ints(pads + pads_end, f"{base}_pads")], f"{base}_padded") if before or after else t
+    axis = e.ints([1], f"{base}_axis")
+    parts = [e.node("Slice", [tp, e.ints([j], f"{base}_st"), e.ints([j + c], f"{base}_en"), axis], f"{base}_sl")
+             for j in range(before + after + 1)]
+    return parts[0] if len(parts) == 1 else e.node("Sum", parts, base)
 
 
 @rule("LRN")
@@ -790,13 +795,15 @@ def _lrn(e, n, dys, needs):
     xs = e.shape(x)
     lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
     sq = e.node("Mul", [x, x], f"{x}_sq")
-    mean_sq = _channel_window_mean(e, sq, xs, lo, hi, size, f"{x}_lrn_mean_sq")
-    s = e.node("Add", [e.node("Mul", [mean_sq, e.scalar(alpha, x, "alpha")], f"{x}_lrn_scaled"), e.scalar(bias, x, "bias")],
-               f"{x}_lrn_s")
-    direct = e.node("Mul", [dy, e.node("Pow", [s, e.scalar(-beta, x, "neg_beta")], f"{x}_lrn_s_pow")], f"{x}_lrn_direct")
+    sum_sq = _channel_window_sum(e, sq, xs, lo, hi, f"{x}_lrn_sum_sq")
+    s = e.node("Add", [e.node("Mul", [sum_sq, e.scalar(alpha / size, x, "alpha_n")], f"{x}_lrn_scaled"),
+                       e.scalar(bias, x, "bias")], f"{x}_lrn_s")
+    log_s = e.node("Log", [s], f"{x}_lrn_log_s")  # s^-beta as Exp(-beta Log s): s > 0; ORT's Pow is ~3x slower
+    s_pow = e.node("Exp", [e.node("Mul", [log_s, e.scalar(-beta, x, "neg_beta")], f"{x}_lrn_log_pow")], f"{x}_lrn_s_pow")
+    direct = e.node("Mul", [dy, s_pow], f"{x}_lrn_direct")
     t = e.node("Div", [e.node("Mul", [dy, y], f"{x}_lrn_dy_y"), s], f"{x}_lrn_t")
-    back = _channel_window_mean(e, t, xs, hi, lo, size, f"{x}_lrn_back")
-    cross = e.node("Mul", [e.node("Mul", [back, x], f"{x}_lrn_back_x"), e.scalar(2.0 * alpha * beta, x, "two_ab")],
+    back = _channel_window_sum(e, t, xs, hi, lo, f"{x}_lrn_back")
+    cross = e.node("Mul", [e.node("Mul", [back, x], f"{x}_lrn_back_x"), e.scalar(2.0 * alpha * beta / size, x, "two_ab_n")],
                    f"{x}_lrn_cross")
     return [e.node("Sub", [direct, cross], f"{x}_grad")]
 
