@@ -889,22 +889,31 @@ def _caffe2_dropout_grad(e, n, dys, needs):
             None]
 
 
-def _onnx_dropout_prepare(node, names):
-    if len(node.output) < 2 or not node.output[1]:
-        del node.output[1:]
-        node.output.append(names(f"{node.output[0]}_mask"))
+def _onnx_dropout_training(node, constants):
+    """Whether a standard Dropout runs in training mode (its training_mode input, a constant; default off)."""
+    if len(node.input) < 3 or not node.input[2]:
+        return False
+    value = constants.get(node.input[2])
+    if value is None:
+        raise ValueError(f"Dropout {node.name or node.output[0]!r}: its training_mode input must be a constant")
+    return bool(np.asarray(value).reshape(-1)[0])
 
 
-@rule("Dropout", prepare=_onnx_dropout_prepare)
+@rule("Dropout")
 def _onnx_dropout(e, n, dys, needs):
-    """Standard Dropout: dX = dY * mask / (1 - ratio) in training mode (the mask is a bool output)."""
+    """Standard Dropout: dX = dY * mask / (1 - ratio) in training mode (mask: the bool output), dY in inference."""
+    if not _onnx_dropout_training(n, e.constants):
+        return [dys[0], None, None][: len(n.input)]
+    if len(n.output) < 2 or not n.output[1]:
+        raise ValueError(f"Dropout {n.name or n.output[0]!r}: a training-mode Dropout needs its mask output for the gradient")
     ratio_name = n.input[1] if len(n.input) > 1 and n.input[1] else None
     ratio = 0.5 if ratio_name is None else e.constants.get(ratio_name)
     if ratio is None:
         raise ValueError(f"Dropout {n.name!r}: its ratio input must be a constant")
+    ratio = float(np.asarray(ratio).reshape(-1)[0])
     x = n.input[0]
     maskf = e.node("Cast", [n.output[1]], f"{x}_mask_f", to=e.elem(x))
-    scale = e.scalar(1.0 / (1.0 - float(ratio)) if float(ratio) < 1 else 0.0, x, "drop_scale")
+    scale = e.scalar(1.0 / (1.0 - ratio) if ratio < 1 else 0.0, x, "drop_scale")
     masked = e.node("Mul", [dys[0], maskf], f"{x}_grad_masked")
     return [e.node("Mul", [masked, scale], f"{x}_grad"), None, None][: len(n.input)]
 
@@ -1000,7 +1009,12 @@ def add_backward(model, loss, wrt, *, seed_name="loss_grad_seed", reserve=()):
     if missing:
         raise UnsupportedGradientError(missing)
     prepared = False
+    consts = _constants(g)
     for n in on_path:
+        if _key(n) == ("", "Dropout") and _onnx_dropout_training(n, consts) and (len(n.output) < 2 or not n.output[1]):
+            del n.output[1:]
+            n.output.append(names(f"{n.output[0]}_mask"))
+            prepared = True
         hook = PREPARE.get(_key(n))
         if hook is not None:
             before = list(n.output)
@@ -1012,7 +1026,7 @@ def add_backward(model, loss, wrt, *, seed_name="loss_grad_seed", reserve=()):
     def needs(t):
         return bool(t) and t in depends and t in feeds_loss
 
-    e = Emitter(types, names, opset, _constants(g))
+    e = Emitter(types, names, opset, consts)
     partial = {}
 
     def grad_of(t):
