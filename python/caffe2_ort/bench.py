@@ -582,6 +582,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--plot", metavar="OUT.png", help="draw GB/s against N per variant with the copy lines "
                         "(needs matplotlib)")
+    from .bench_train import add_arguments as add_training_arguments
+
+    add_training_arguments(parser)  # --training and its --train-* options
 
 
 def _select_variants(names):
@@ -596,6 +599,10 @@ def _select_variants(names):
 
 
 def run_bench(args) -> int:
+    if getattr(args, "training", False):
+        from .bench_train import run
+
+        return run(args)
     try:
         if args.plot:  # fail before minutes of measuring
             try:

@@ -26,6 +26,12 @@ def _converter_cli():
     return cli
 
 
+def _train(args) -> int:
+    from .train_cli import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     conv = _converter_cli()
     parser = (conv.ArgumentParser if conv else argparse.ArgumentParser)(
@@ -39,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="load the plugin in ONNX Runtime, run both ops, report versions and failures")
     check.add_argument("--verbose", action="store_true", help="print the traceback of each failed check")
     check.set_defaults(func=_check)
+
+    from .train_cli import add_arguments as add_train_arguments
+
+    train = sub.add_parser("train", help="train a model in ONNX Runtime: a training-step model, or a model plus a loss")
+    add_train_arguments(train)
+    train.set_defaults(func=_train)
 
     from .bench import add_arguments
 
