@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 NVCC := $(shell command -v nvcc 2>/dev/null)
 
-.PHONY: demo test install cuda bench compat dev clean
+.PHONY: demo test install cuda bench compat dev clean fuzz
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ bench: install
 compat: install
 	bash scripts/compat_check.sh $(PY)
 
+# The fuzz stage at length (random cases, ~1500 per target; CAFFE2_ORT_FUZZ=ci is CI's bounded run).
+fuzz: install
+	CAFFE2_ORT_FUZZ=$${CAFFE2_ORT_FUZZ:-long} $(PY) -m pytest -q tests/fuzz
+
 # Developer loop: incremental CMake build copied into python/caffe2_ort/lib; then
 #   PYTHONPATH=python .venv/bin/python -m pytest
 dev: $(VENV)/.created
@@ -55,3 +59,12 @@ dev: $(VENV)/.created
 
 clean:
 	rm -rf build dist python/caffe2_ort/lib
+
+# --- parity stage (tests/parity): real Caffe2 as the oracle -------------------------------------
+# Builds (once) the cached Python 3.9 venv holding PyPI torch 1.8.1's caffe2.python (~800 MB download;
+# scripts/caffe2_venv.sh, outside the tree: $CAFFE2_VENV, default ~/.cache/caffe2-ort/caffe2-py39),
+# then runs the suite the default `make test` leaves out (pytest marker `parity`).
+.PHONY: parity
+parity: install
+	bash scripts/caffe2_venv.sh
+	$(PY) -m pytest -m parity tests/parity $(PYTEST_ARGS)

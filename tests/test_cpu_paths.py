@@ -1,5 +1,6 @@
-"""CPU code paths that small ORT runs do not reach: counter blocks past 2^32 in every ISA path (a
-C++ test compiled here), non-temporal stores for large outputs, and in-place execution."""
+"""CPU code paths that small ORT runs do not reach: counter blocks past 2^32 in every ISA path and
+every apply path against the portable one (C++ tests compiled here), the CAFFE2_ORT_CPU_ISA
+variable, non-temporal stores for large outputs, and in-place execution."""
 
 import os
 import shutil
@@ -17,24 +18,85 @@ from ort_helpers import bits, make_model, plain_dropout_model, session
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_keep_bits_paths_across_the_counter_high_word(tmp_path):
+def _compile_and_run(tmp_path, test_source, *sources, args=(), expect_ok=True):
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if cxx is None:
         if os.environ.get("CI") == "true":
             pytest.fail("no C++ compiler found (the build needs one anyway)")
         pytest.skip("no C++ compiler found")
-    exe = tmp_path / "keep_bits_test"
-    subprocess.run([cxx, "-std=c++17", "-O2", f"-I{REPO / 'ort_ops'}", str(REPO / "tests/cpp/keep_bits_test.cc"),
-                    str(REPO / "ort_ops/cpu/keep_bits.cc"), "-o", str(exe)], check=True, timeout=300)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout
-    assert out.stdout.strip().endswith("ok") and "checked scalar" in out.stdout
+    exe = tmp_path / Path(test_source).stem
+    # -ffp-contract=off as in the library's build: (x * scale) * m is two roundings.
+    subprocess.run([cxx, "-std=c++17", "-O3", "-ffp-contract=off", f"-I{REPO / 'ort_ops'}", str(REPO / test_source),
+                    *(str(REPO / s) for s in sources), "-o", str(exe)], check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "CAFFE2_ORT_CPU_ISA"}
+    out = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not expect_ok or out.stdout.strip().endswith("ok")
+    return out.stdout
 
 
+def test_keep_bits_paths_across_the_counter_high_word(tmp_path):
+    out = _compile_and_run(tmp_path, "tests/cpp/keep_bits_test.cc", "ort_ops/cpu/keep_bits.cc")
+    assert "checked scalar" in out
+    # The benchmark's header names the path from /proc/cpuinfo; it must be the one the library takes.
+    from caffe2_ort.bench import cpu_isa_path
+
+    assert f"selected {cpu_isa_path(env={})}" in out
+
+
+def test_apply_paths_match_the_portable_path_bit_for_bit(tmp_path):
+    """AVX2 (+F16C) and AVX-512 apply steps, forward and backward, all dtypes, streaming or not."""
+    out = _compile_and_run(tmp_path, "tests/cpp/elementwise_test.cc", "ort_ops/cpu/elementwise.cc",
+                           "ort_ops/cpu/keep_bits.cc")
+    assert "checked" in out or "x86" not in os.uname().machine
+
+
+def test_kernel_microbenchmark_runs(tmp_path):
+    """The in-cache microbenchmark the README's cycle figures come from keeps building and running."""
+    out = _compile_and_run(tmp_path, "tests/cpp/kernel_microbench.cc", "ort_ops/cpu/keep_bits.cc",
+                           "ort_ops/cpu/elementwise.cc", args=("3",), expect_ok=False)
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("isa ") and "GHz" in lines[0]
+    for what in ("keep bits", "keep bits + apply, mask", "keep bits + apply, no mask", "grad apply"):
+        line = next(l for l in lines[1:] if l.startswith(what + " "))
+        ns, cycles = float(line.split()[-4]), float(line.split()[-2])
+        assert ns > 0 and cycles > 0
+
+
+@pytest.mark.parametrize("value", ["avx1024", "AVX2", "sse2 ", "auto"])
+def test_unknown_cpu_isa_value_is_an_error_naming_the_accepted_ones(monkeypatch, value):
+    monkeypatch.setenv("CAFFE2_ORT_CPU_ISA", value)
+    with pytest.raises(Exception) as err:
+        session(plain_dropout_model(ratio=0.5, seed=1))
+    msg = str(err.value)
+    assert f"CAFFE2_ORT_CPU_ISA = '{value}'" in msg and "not one of scalar, avx2, avx512, avx512ifma" in msg
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512", "avx512ifma", ""])
 @pytest.mark.parametrize("dtype,np_type", [(TensorProto.FLOAT, np.float32), (TensorProto.DOUBLE, np.float64)])
+def test_every_cap_gives_the_reference_masks(monkeypatch, isa, dtype, np_type):
+    # "" = no cap; a cap above this CPU's best runs its best. Several ORT tasks and a scalar tail.
+    monkeypatch.setenv("CAFFE2_ORT_CPU_ISA", isa)
+    x = np.random.default_rng(3).standard_normal(3 * 32768 + 77).astype(np_type)
+    x[:4] = [np.nan, np.inf, -np.inf, -0.0]
+    y, mask = session(plain_dropout_model(dtype, ratio=0.3, seed=12), threads=2).run(None, {"X": x})
+    ref_y, ref_mask = R.dropout(x, ratio=0.3, seed=12)
+    assert np.array_equal(mask, ref_mask)
+    assert np.array_equal(bits(y), bits(ref_y))
+
+
+def test_empty_cpu_isa_value_means_no_cap(monkeypatch):
+    monkeypatch.setenv("CAFFE2_ORT_CPU_ISA", "")
+    x = np.arange(1000, dtype=np.float32)
+    y, mask = session(plain_dropout_model(ratio=0.5, seed=1)).run(None, {"X": x})
+    assert np.array_equal(mask, R.keep_mask(1, 0, x.shape, 0.5))
+
+
+@pytest.mark.parametrize("dtype,np_type", [(TensorProto.FLOAT, np.float32), (TensorProto.DOUBLE, np.float64),
+                                           (TensorProto.FLOAT16, np.float16)])
 def test_streaming_store_path_is_exact(dtype, np_type):
     # Outputs of 32 MiB and more take the non-temporal-store path; +5 leaves a scalar tail.
-    n = (1 << 23) + 5
+    n = (32 << 20) // np.dtype(np_type).itemsize + 5
     x = np.random.default_rng(8).standard_normal(n).astype(np_type)
     y, mask = session(plain_dropout_model(dtype, ratio=0.25, seed=6), threads=2).run(None, {"X": x})
     ref_y, ref_mask = R.dropout(x, ratio=0.25, seed=6)
