@@ -7,6 +7,7 @@
 #include "common/errors.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dropout_impl.cuh"
+#include "cuda/mt19937_staging.h"
 
 namespace caffe2_ort {
 namespace cuda {
@@ -20,10 +21,10 @@ CudaDropout<E>::CudaDropout(const OrtKernelInfo* info)
       LogWarning(info, config_.Where() + ": rng = '" + config_.rng_text +
                            "' does not apply under engine 'CUDNN' on the CUDA execution provider: cuDNN draws the "
                            "masks (as Caffe2's GPU did)");
-    } else {
-      Fail(ORT_NOT_IMPLEMENTED, config_.Where(), ": rng = '", config_.rng_text,
-           "' (Caffe2's CPU MT19937 stream) is not available on the CUDA execution provider; run this node on "
-           "the CPU execution provider, or use rng = 'philox'");
+    } else if (!config_.is_test) {
+      // Caffe2's CPU stream, drawn on the host and applied on the device (cuda/mt19937_staging.h).
+      mt_ = std::make_unique<HostStagedMt19937>(info, config_);
+      return;
     }
   }
   if (config_.engine == Engine::kCudnn) {
@@ -82,6 +83,11 @@ void CudaDropout<E>::Compute(OrtKernelContext* context) {
     return;
   }
 
+  if (mt_ != nullptr) {
+    ComputeMt19937(context, stream, x, y, mask, n);
+    return;
+  }
+
   ForwardParams params;
   params.n = n;
   if (counter_ != nullptr) {
@@ -93,6 +99,26 @@ void CudaDropout<E>::Compute(OrtKernelContext* context) {
   params.threshold = config_.threshold;
   params.scale = config_.scale;
   CheckCuda(LaunchDropoutForward<E>(x, y, mask, params, stream), config_, "Dropout kernel launch");
+}
+
+template <Elem E>
+void CudaDropout<E>::ComputeMt19937(OrtKernelContext* context, cudaStream_t stream,
+                                    const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
+                                    bool* mask, uint64_t n) {
+  mt_->RefuseCapture(stream);
+  // Ratio 0 and 1 still consume their words (as in Caffe2); their constant masks need no copy: the
+  // Philox kernel with threshold 0 (keep all) or 2^32 (drop all) and no counter draws nothing.
+  ForwardParams constant;
+  constant.n = n;
+  constant.threshold = config_.threshold;
+  constant.scale = config_.scale;
+  mt_->Run(
+      context, stream, x, n,
+      [&] { CheckCuda(LaunchDropoutForward<E>(x, y, mask, constant, stream), config_, "Dropout kernel launch"); },
+      [&](const uint64_t* bits) {
+        CheckCuda(LaunchApplyKeepBits<E>(x, y, mask, bits, n, config_.scale, stream), config_,
+                  "Dropout kernel launch (keep bits)");
+      });
 }
 
 template <Elem E>

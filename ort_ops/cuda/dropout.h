@@ -1,5 +1,6 @@
 // ai.caffe2 Dropout on the CUDA execution provider: the Philox kernels of dropout_impl.cu for
-// engine "" / "DEFAULT" (counter in device memory, cuda/device_counter.h), cuDNN's dropout for
+// engine "" / "DEFAULT" (counter in device memory, cuda/device_counter.h), Caffe2's MT19937 stream
+// drawn on the host for rng = "caffe2_mt19937" (cuda/mt19937_staging.h), cuDNN's dropout for
 // engine "CUDNN" (cuda/cudnn_kernel.h).
 #pragma once
 
@@ -12,6 +13,7 @@
 #include "common/ort_api.h"
 #include "cuda/cudnn_kernel.h"
 #include "cuda/device_counter.h"
+#include "cuda/mt19937_staging.h"
 
 namespace caffe2_ort {
 namespace cuda {
@@ -27,11 +29,14 @@ class CudaDropout {
 
  private:
   void ComputeCudnn(OrtKernelContext* context, cudaStream_t stream);
+  void ComputeMt19937(OrtKernelContext* context, cudaStream_t stream, const typename ElemTraits<E>::Storage* x,
+                      typename ElemTraits<E>::Storage* y, bool* mask, uint64_t n);
 
   DropoutConfig config_;
   bool has_mask_;
   std::unique_ptr<DeviceCounter> counter_;   // training runs that consume the counter
   std::unique_ptr<CudnnKernelState> cudnn_;  // engine CUDNN in training mode
+  std::unique_ptr<HostStagedMt19937> mt_;    // rng = "caffe2_mt19937", default engine, training mode
 };
 
 }  // namespace cuda

@@ -135,6 +135,13 @@ struct MaskWord<8> {
   }
 };
 
+// Forward arithmetic of one element: (x * scale) * m, rounded once to the storage type.
+template <Elem E>
+__device__ __forceinline__ typename Dev<E>::S ForwardValue(typename Dev<E>::S x, typename Dev<E>::C scale, bool keep) {
+  using D = Dev<E>;
+  return D::Store(D::Mul(D::Mul(D::Load(x), scale), static_cast<typename D::C>(keep)));
+}
+
 __device__ __forceinline__ bool Keep(uint32_t word, uint64_t threshold) {
   return static_cast<uint64_t>(word) >= threshold;
 }
@@ -169,7 +176,7 @@ __device__ __forceinline__ void ForwardScalar(const typename Dev<E>::S* x, typen
       }
       keep = Keep(Word(r, i % 4), p.threshold);
     }
-    y[i] = D::Store(D::Mul(D::Mul(D::Load(x[i]), s), static_cast<typename D::C>(keep)));
+    y[i] = ForwardValue<E>(x[i], s, keep);
     if (mask != nullptr) mask[i] = keep;
   }
 }
@@ -204,12 +211,64 @@ __global__ void __launch_bounds__(kThreads)
     Unit<E> out;
 #pragma unroll
     for (int j = 0; j < kN; ++j) {
-      out.v[j] = D::Store(D::Mul(D::Mul(D::Load(in.v[j]), s), static_cast<typename D::C>(keep[j])));
+      out.v[j] = ForwardValue<E>(in.v[j], s, keep[j]);
     }
     out.StoreTo(y + u * kN);
     if (kWithMask) MaskWord<kN>::Store(mask + u * kN, keep);
   }
   if (first == 0 && units * kN < p.n) ForwardScalar<E>(x, y, mask, units * kN, p.n, p, base, draws, keep_all);
+}
+
+// Keep bit of element i from host-drawn keep-bit words (bit i % 64 of word i / 64).
+__device__ __forceinline__ bool KeepBit(const uint64_t* bits, uint64_t i) { return (bits[i / 64] >> (i % 64)) & 1u; }
+
+// Forward from keep bits, one unit per thread and step: a unit's kN (4 or 8) bits lie in one word.
+template <Elem E, bool kWithMask>
+__global__ void __launch_bounds__(kThreads)
+    ApplyKeepBitsVec(const typename Dev<E>::S* x, typename Dev<E>::S* y, bool* mask, const uint64_t* bits, uint64_t n,
+                     float scale) {
+  using D = Dev<E>;
+  constexpr int kN = D::kUnit;
+  static_assert(64 % kN == 0, "a unit's keep bits must lie in one word");
+  const typename D::C s = static_cast<typename D::C>(scale);
+  const uint64_t units = n / kN;
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  const uint64_t first = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  for (uint64_t u = first; u < units; u += stride) {
+    Unit<E> in;
+    in.LoadFrom(x + u * kN);
+    const uint64_t e = u * kN;
+    const uint32_t field = static_cast<uint32_t>(bits[e / 64] >> (e % 64));
+    bool keep[kN];
+#pragma unroll
+    for (int j = 0; j < kN; ++j) keep[j] = (field >> j) & 1u;
+    Unit<E> out;
+#pragma unroll
+    for (int j = 0; j < kN; ++j) out.v[j] = ForwardValue<E>(in.v[j], s, keep[j]);
+    out.StoreTo(y + e);
+    if (kWithMask) MaskWord<kN>::Store(mask + e, keep);
+  }
+  if (first == 0) {
+    for (uint64_t i = units * kN; i < n; ++i) {
+      const bool keep = KeepBit(bits, i);
+      y[i] = ForwardValue<E>(x[i], s, keep);
+      if (kWithMask) mask[i] = keep;
+    }
+  }
+}
+
+// Unaligned pointers: one element per thread and step.
+template <Elem E>
+__global__ void __launch_bounds__(kThreads)
+    ApplyKeepBitsScalar(const typename Dev<E>::S* x, typename Dev<E>::S* y, bool* mask, const uint64_t* bits,
+                        uint64_t n, float scale) {
+  const typename Dev<E>::C s = static_cast<typename Dev<E>::C>(scale);
+  const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
+  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    const bool keep = KeepBit(bits, i);
+    y[i] = ForwardValue<E>(x[i], s, keep);
+    if (mask != nullptr) mask[i] = keep;
+  }
 }
 
 // Unaligned pointers: one Philox block (4 elements) per thread and step, scalar accesses.
@@ -346,6 +405,25 @@ cudaError_t LaunchDropoutForward(const typename ElemTraits<E>::Storage* x, typen
 }
 
 template <Elem E>
+cudaError_t LaunchApplyKeepBits(const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
+                                bool* mask, const uint64_t* bits, uint64_t n, float scale, cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  constexpr int kN = Dev<E>::kUnit;
+  unsigned grid = 0;
+  const bool vector = Aligned(x, 16) && Aligned(y, 16) && Aligned(mask, kN);
+  cudaError_t err = GridFor(vector ? std::max<uint64_t>(n / kN, 1) : n, &grid);
+  if (err != cudaSuccess) return err;
+  if (!vector) {
+    ApplyKeepBitsScalar<E><<<grid, kThreads, 0, stream>>>(x, y, mask, bits, n, scale);
+  } else if (mask != nullptr) {
+    ApplyKeepBitsVec<E, true><<<grid, kThreads, 0, stream>>>(x, y, mask, bits, n, scale);
+  } else {
+    ApplyKeepBitsVec<E, false><<<grid, kThreads, 0, stream>>>(x, y, nullptr, bits, n, scale);
+  }
+  return cudaGetLastError();
+}
+
+template <Elem E>
 cudaError_t LaunchDropoutBackward(const typename ElemTraits<E>::Storage* dy, const bool* mask, bool keep_all,
                                   typename ElemTraits<E>::Storage* dx, uint64_t n, float scale, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
@@ -365,6 +443,8 @@ cudaError_t LaunchDropoutBackward(const typename ElemTraits<E>::Storage* dy, con
 #define C2ORT_INSTANTIATE(E)                                                                                    \
   template cudaError_t LaunchDropoutForward<E>(const ElemTraits<E>::Storage*, ElemTraits<E>::Storage*, bool*, \
                                                const ForwardParams&, cudaStream_t);                            \
+  template cudaError_t LaunchApplyKeepBits<E>(const ElemTraits<E>::Storage*, ElemTraits<E>::Storage*, bool*,  \
+                                              const uint64_t*, uint64_t, float, cudaStream_t);                 \
   template cudaError_t LaunchDropoutBackward<E>(const ElemTraits<E>::Storage*, const bool*, bool,              \
                                                 ElemTraits<E>::Storage*, uint64_t, float, cudaStream_t);
 

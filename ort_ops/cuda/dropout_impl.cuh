@@ -4,9 +4,10 @@
 // enqueues on the given stream, never synchronises, launches nothing for n == 0, and returns the
 // launch's error (cudaGetLastError) so the caller can turn it into a status.
 //
-// The mask follows the RNG contract of common/philox.h: element i uses Philox block base + i/4 and
-// word i % 4, kept iff word >= threshold. Each thread works on whole Philox blocks, so which random
-// word meets which element does not depend on the grid, the block size or the GPU.
+// LaunchDropoutForward's mask follows the RNG contract of common/philox.h: element i uses Philox
+// block base + i/4 and word i % 4, kept iff word >= threshold. Each thread works on whole Philox
+// blocks, so which random word meets which element does not depend on the grid, the block size or
+// the GPU. LaunchApplyKeepBits takes the decisions ready-made (rng = "caffe2_mt19937").
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -38,6 +39,12 @@ struct ForwardParams {
 template <Elem E>
 cudaError_t LaunchDropoutForward(const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
                                  bool* mask, const ForwardParams& params, cudaStream_t stream);
+
+// The same forward with the keep decisions given as bits (rng = "caffe2_mt19937", drawn on the host):
+// m[i] = bit i % 64 of bits[i / 64], bits in device memory holding ceil(n / 64) words. x may equal y.
+template <Elem E>
+cudaError_t LaunchApplyKeepBits(const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
+                                bool* mask, const uint64_t* bits, uint64_t n, float scale, cudaStream_t stream);
 
 // dX[i] = (dY[i] * m[i]) * scale with m[i] = (mask[i] != 0), or m[i] = keep_all when mask == nullptr.
 // dy may equal dx (in place).

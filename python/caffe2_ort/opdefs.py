@@ -256,10 +256,11 @@ def mask_count_message(label: str, mask_count: int, grad_count: int) -> str:
     return f"{label}: mask has {mask_count} elements but dY has {grad_count}; they must be equal"
 
 
-def cuda_rng_message(label: str, rng: str) -> str:
-    """What the CUDA EP says for rng = caffe2_mt19937 on the default engine."""
-    return (f"{label}: rng = '{escape(rng)}' (Caffe2's CPU MT19937 stream) is not available on the CUDA execution "
-            "provider; run this node on the CPU execution provider, or use rng = 'philox'")
+def cuda_graph_rng_message(label: str, rng: str) -> str:
+    """What the CUDA EP says for a training run of an rng = caffe2_mt19937 node under CUDA-graph capture."""
+    return (f"{label}: rng = '{escape(rng)}' draws Caffe2's MT19937 stream on the host, which a CUDA-graph replay "
+            "cannot advance; a training run of this node cannot be captured into a CUDA graph (disable "
+            "enable_cuda_graph, or use rng = 'philox')")
 
 
 _RATIO = Attr("ratio", FLOAT, 0.5, "Probability that an element is zeroed (ratio = 1 zeroes all: an extension).",

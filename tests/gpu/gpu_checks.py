@@ -8,6 +8,8 @@ Run by tests/gpu/run_all.sh on a machine with a GPU and PyTorch:
       word boundary; sizes up to 2^28 against a PyTorch re-implementation of the RNG contract (itself
       checked against the numpy reference first); one float16 run of 2^31 + 5 elements checked at
       sampled positions and at the end, for 64-bit indexing;
+      the keep-bits kernel of rng = "caffe2_mt19937" fed with the reference's MT19937 keep bits (every
+      dtype, odd sizes, unaligned, in place, no mask);
       the plugin's device-resident counter (reserve kernel + base slot): sequential calls, three
       replays of a captured CUDA graph, two concurrent streams;
   (b) the cuDNN engine: kept fraction near 1 - ratio, Y == X * m / (1 - ratio) with m recovered from
@@ -108,6 +110,7 @@ class Launcher:
         lib.c2ort_test_last_error.restype = ctypes.c_char_p
         lib.c2ort_test_forward.argtypes = [i32, vp, vp, vp, u64, u64, u64, f32, vp]
         lib.c2ort_test_backward.argtypes = [i32, vp, vp, i32, vp, u64, f32, vp]
+        lib.c2ort_test_apply_keep_bits.argtypes = [i32, vp, vp, vp, vp, u64, f32, vp]
         lib.c2ort_test_forward_counter.argtypes = [i32, vp, vp, vp, u64, u64, vp, vp, f32, vp]
         lib.c2ort_test_cudnn_create.argtypes = [i32, f32, u64, vp]
         lib.c2ort_test_cudnn_create.restype = vp
@@ -132,6 +135,10 @@ class Launcher:
     def forward_counter(self, dtype, x, y, mask, n, seed, counter, slot, ratio, stream):
         self._check(self.lib.c2ort_test_forward_counter(DTYPE_CODES[dtype], x, y, mask, n, seed & (2**64 - 1), counter,
                                                         slot, ratio, stream), "forward (device counter)")
+
+    def apply_keep_bits(self, dtype, x, y, mask, bits, n, ratio, stream):
+        self._check(self.lib.c2ort_test_apply_keep_bits(DTYPE_CODES[dtype], x, y, mask, bits, n, ratio, stream),
+                    "apply keep bits")
 
     def backward(self, dtype, dy, mask, keep_all, dx, n, ratio, stream):
         self._check(self.lib.c2ort_test_backward(DTYPE_CODES[dtype], dy, mask, int(keep_all), dx, n, ratio, stream),
@@ -275,6 +282,50 @@ class Checks:
                         f"backward {name} constant mask")
         self.torch.cuda.synchronize()
         print(f"(a) small: {count} forward/backward cases per layout checked against the numpy reference", flush=True)
+
+    # ---------------------------------------------------------------------------------- (a) keep bits
+    def check_keep_bits(self) -> None:
+        """rng = "caffe2_mt19937": the device kernel fed with the host's keep bits (Caffe2's MT19937
+        stream, here from the numpy reference) gives the reference's Y and mask."""
+        torch = self.torch
+        rng = np.random.default_rng(77)
+        dtypes = [("float32", np.dtype(np.float32)), ("float64", np.dtype(np.float64)),
+                  ("float16", np.dtype(np.float16)), ("bfloat16", R.bfloat16)]
+        count = 0
+        for name, dt in dtypes:
+            for n in (0, 1, 3, 5, 7, 8, 9, 63, 64, 65, 127, 1000, 4099, 65537):
+                for ratio, seed in ((0.5, 7), (0.999, 2**32 - 1), (0.1, 12345)):
+                    keep = R.mt19937_keep(R.mt19937(seed).random_raw(2 * n), ratio)
+                    words = -(-n // 64)
+                    packed = np.zeros(8 * words, np.uint8)
+                    packed[:-(-n // 8)] = np.packbits(keep, bitorder="little")
+                    for layout in ("aligned", "unaligned", "inplace", "nomask"):
+                        x_np = self.sample_input(rng, n, dt, special=True)
+                        y_ref = R.apply_mask(x_np, keep, ratio)
+                        with torch.cuda.stream(self.stream):
+                            off = 1 if layout == "unaligned" else 0
+                            bits = torch.from_numpy(packed.view(np.int64).copy()).cuda()
+                            xb = self.to_gpu(np.concatenate([np.zeros(off, dt), x_np]) if off else x_np)
+                            x = xb[off:]
+                            if layout == "inplace":
+                                y = x
+                            else:
+                                y = torch.full((n + off,), float("nan"), dtype=self.tdt[name], device="cuda")[off:]
+                            m = torch.full((n + off,), 0xAA, dtype=torch.uint8, device="cuda")[off:]
+                            self.L.apply_keep_bits(name, x.data_ptr(), y.data_ptr(),
+                                                   None if layout == "nomask" else m.data_ptr(),
+                                                   bits.data_ptr() if words else None, n, ratio, self.sp)
+                            y_np = self.to_np(y, dt)
+                            m_np = m.cpu().numpy()
+                        tag = f"keep bits {name} n={n} ratio={ratio} seed={seed} {layout}"
+                        self.expect(self.same_bits(y_np, y_ref), tag + ": Y")
+                        if layout == "nomask":
+                            self.expect(bool(np.all(m_np == 0xAA)), tag + ": mask memory untouched")
+                        else:
+                            self.expect(np.array_equal(m_np, keep.astype(np.uint8)), tag + ": mask")
+                        count += 1
+        self.torch.cuda.synchronize()
+        print(f"(a) keep bits: {count} cases checked against the numpy reference's caffe2_mt19937 stream", flush=True)
 
     # ---------------------------------------------------------------------------------- (a) large
     def reference_keep(self, n: int, seed: int, base: int, ratio: float):
@@ -597,7 +648,8 @@ def main() -> int:
     checks = Checks(Launcher(args.lib), torch)
     t0 = time.time()
     summary = {"device": torch.cuda.get_device_name()}
-    steps = [("small", checks.check_small), ("counter", checks.check_device_counter),
+    steps = [("small", checks.check_small), ("keep_bits", checks.check_keep_bits),
+             ("counter", checks.check_device_counter),
              ("large", lambda: checks.check_large(args.max_log2))]
     if not args.skip_huge:
         steps.append(("huge", checks.check_huge))

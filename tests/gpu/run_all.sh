@@ -9,7 +9,9 @@
 #      (default build/ortgpu), unpacked into /tmp/ortgpu and put first on PYTHONPATH; without either,
 #      the CUDA EP tests skip and the script says so.
 #   2. build libcaffe2_ort_cuda.so and libcaffe2_ort_cuda_testing.so for this GPU's architecture;
-#   3. pytest tests/test_cuda_build.py tests/test_cuda_ort.py (the ORT CUDA EP suite, slow ones too);
+#   3. pytest tests/test_cuda_build.py tests/test_cuda_ort.py tests/test_cuda_rng.py (the ORT CUDA EP
+#      suite, slow ones too; test_cuda_rng: rng = "caffe2_mt19937" masks equal the CPU's, every dtype,
+#      runs 0-2, odd sizes, threads, Caffe2's known answers, the CUDA-graph capture refusal);
 #   4. tests/gpu/gpu_checks.py: the kernels through the testing library (numpy reference, device
 #      counter and CUDA-graph replays, 2^31 + 5 elements, cuDNN);
 #   5. tests/gpu/bench_ort.py: the benchmark through ORT's CUDA EP against copy, torch and cuDNN;
@@ -26,6 +28,7 @@
 # must be there): prepare here once (build/ is git-ignored)
 #   bash ../shared/tools/ort-gpu-carry.sh prepare build/ortgpu         # 4 parts of <= 48 MiB (1.31.1)
 #   mkdir -p build/shared/caffe2_models && cp -r ../shared/caffe2_models/bvlc_alexnet build/shared/caffe2_models/
+#   cp -r ../shared/caffe2_rng build/shared/     # Caffe2's known answers for test_cuda_rng
 # then send the parts one call at a time while the machine stays warm (it goes back after 30 s idle):
 #   carry [build/ortgpu/part.00, build/ortgpu/SHA256SUMS, build/ortgpu/ort-gpu-carry.sh]   command: ls build/ortgpu
 #   carry [build/ortgpu/part.01] ... carry [build/ortgpu/part.02]                          command: ls build/ortgpu
@@ -93,6 +96,7 @@ if [[ ! -e "$ROOT/../shared" && -d "$ROOT/build/shared" ]]; then
   ln -s "$ROOT/build/shared" "$ROOT/../shared" && say "../shared: linked to build/shared"
 fi
 [[ -d "$ROOT/../shared/caffe2_models" ]] || say "../shared/caffe2_models missing: the AlexNet test will skip"
+[[ -d "$ROOT/../shared/caffe2_rng" ]] || say "../shared/caffe2_rng missing: the known-answer test on CUDA will skip"
 
 if [[ -z "${ORT_INCLUDE_DIR:-}" && -f "$ROOT/.cache/ort-headers/root/usr/include/onnxruntime/onnxruntime_c_api.h" ]]; then
   ORT_INCLUDE_DIR="$ROOT/.cache/ort-headers/root/usr/include/onnxruntime"
@@ -107,7 +111,8 @@ export CAFFE2_ORT_CUDA_LIB="$BUILD/libcaffe2_ort_cuda.so"
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 
 if [[ $DRY -eq 1 ]]; then
-  for f in "$ROOT/tests/gpu/gpu_checks.py" "$ROOT/tests/gpu/bench_ort.py" "$ROOT/tests/test_cuda_ort.py"; do
+  for f in "$ROOT/tests/gpu/gpu_checks.py" "$ROOT/tests/gpu/bench_ort.py" "$ROOT/tests/test_cuda_ort.py" \
+           "$ROOT/tests/test_cuda_rng.py"; do
     "$PY" -m py_compile "$f" || { say "dry run: $f does not compile"; status=1; }
   done
   for t in cmake nvcc nvidia-smi; do command -v $t >/dev/null && say "dry run: $t found" || say "dry run: $t missing"; done
@@ -135,10 +140,10 @@ say "build (sm_$CAFFE2_ORT_CUDA_ARCHS): $(($(date +%s) - start)) s"
 # ---------------------------------------------------------------------------------------- checks
 start=$(date +%s)
 "$PY" -m pytest -q -rs -p no:cacheprovider ${PYTEST_ARGS:-} "$ROOT/tests/test_cuda_build.py" "$ROOT/tests/test_cuda_ort.py" \
-  >"$OUT/pytest.log" 2>&1
+  "$ROOT/tests/test_cuda_rng.py" >"$OUT/pytest.log" 2>&1
 rc=$?
 [[ $rc -ne 0 ]] && status=1
-say "pytest (test_cuda_build, test_cuda_ort; $(($(date +%s) - start)) s, rc $rc): $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|skipped)' "$OUT/pytest.log" | tail -1)"
+say "pytest (test_cuda_build, test_cuda_ort, test_cuda_rng; $(($(date +%s) - start)) s, rc $rc): $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|skipped)' "$OUT/pytest.log" | tail -1)"
 grep -E '^(FAILED|ERROR)' "$OUT/pytest.log" | head -40 | tee -a "$SUMMARY"
 grep -E '^SKIPPED' "$OUT/pytest.log" | sed -E 's/^SKIPPED \[([0-9]+)\] [^ ]+: /\1 skipped: /' \
   | awk '{n = $1; $1 = ""; c[$0] += n} END {for (r in c) print "  " c[r] r}' | tee -a "$SUMMARY"

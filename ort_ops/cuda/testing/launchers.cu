@@ -63,6 +63,14 @@ cudaError_t Forward(const void* x, void* y, void* mask, const ForwardParams& p, 
 }
 
 template <Elem E>
+cudaError_t ApplyBits(const void* x, void* y, void* mask, const uint64_t* bits, uint64_t n, float scale,
+                      cudaStream_t s) {
+  using S = typename ElemTraits<E>::Storage;
+  return LaunchApplyKeepBits<E>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<bool*>(mask), bits, n,
+                                scale, s);
+}
+
+template <Elem E>
 cudaError_t Backward(const void* dy, const void* mask, bool keep_all, void* dx, uint64_t n, float scale,
                      cudaStream_t s) {
   using S = typename ElemTraits<E>::Storage;
@@ -140,6 +148,24 @@ C2ORT_TEST_API int c2ort_test_forward_counter(int dtype, const void* x, void* y,
     case Elem::kDouble: return Report(Forward<Elem::kDouble>(x, y, mask, p, s), "forward launch");
     case Elem::kHalf: return Report(Forward<Elem::kHalf>(x, y, mask, p, s), "forward launch");
     case Elem::kBFloat16: return Report(Forward<Elem::kBFloat16>(x, y, mask, p, s), "forward launch");
+  }
+  return Report("unreachable");
+}
+
+// rng = "caffe2_mt19937"'s device half: Y and mask from keep-bit words (device memory, ceil(n / 64)
+// words, bit i % 64 of word i / 64 = element i), as the plugin applies the host-drawn stream.
+C2ORT_TEST_API int c2ort_test_apply_keep_bits(int dtype, const void* x, void* y, void* mask, const uint64_t* bits,
+                                              uint64_t n, float ratio, void* stream) {
+  Elem elem;
+  if (!ToElem(dtype, &elem)) return Report("unknown dtype code " + std::to_string(dtype));
+  const float scale = DropScale(ratio);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (elem) {
+    case Elem::kFloat: return Report(ApplyBits<Elem::kFloat>(x, y, mask, bits, n, scale, s), "keep-bits launch");
+    case Elem::kDouble: return Report(ApplyBits<Elem::kDouble>(x, y, mask, bits, n, scale, s), "keep-bits launch");
+    case Elem::kHalf: return Report(ApplyBits<Elem::kHalf>(x, y, mask, bits, n, scale, s), "keep-bits launch");
+    case Elem::kBFloat16:
+      return Report(ApplyBits<Elem::kBFloat16>(x, y, mask, bits, n, scale, s), "keep-bits launch");
   }
   return Report("unreachable");
 }
