@@ -10,9 +10,38 @@
 //
 // __libc_single_threaded (glibc 2.32) is a variable libstdc++'s headers read to skip atomic reference
 // counts in single-threaded processes; our own copy says "not single-threaded", which is always
-// correct. _dl_find_object (glibc 2.35) comes from a static libgcc's unwinder: the plugin links
+// correct. arc4random (glibc 2.36) is referenced by the static libstdc++'s std::random_device, which
+// its copy-on-write string instantiations pull into every link: a local definition on getrandom
+// (glibc 2.25) stands in for it. _dl_find_object (glibc 2.35) comes from a static libgcc's unwinder: the plugin links
 // libgcc_s.so.1 instead. tests/test_packaging.py checks that no symbol version above GLIBC_2.28 remains.
 #include <features.h>
+
+#if defined(__GLIBC__) && __GLIBC__ == 2 && __GLIBC_MINOR__ >= 36
+#include <fcntl.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+
+extern "C" __attribute__((visibility("hidden"))) uint32_t arc4random(void) {
+  uint32_t value = 0;
+  ssize_t got;
+  do {
+    got = getrandom(&value, sizeof(value), 0);
+  } while (got < 0 && errno == EINTR);
+  if (got == static_cast<ssize_t>(sizeof(value))) return value;
+  // Kernels before 3.17 have no getrandom: the device it reads.
+  int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    got = read(fd, &value, sizeof(value));
+    close(fd);
+    if (got == static_cast<ssize_t>(sizeof(value))) return value;
+  }
+  std::abort();  // as glibc's arc4random does when no entropy can be had
+}
+#endif
 
 #if defined(__GLIBC__) && defined(__x86_64__)
 
