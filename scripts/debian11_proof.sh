@@ -80,8 +80,13 @@ pip_cfg=$(python3 -m pip config list 2>/dev/null || true)
 for f in /etc/pip.conf /etc/xdg/pip/pip.conf /etc/xdg/pip/constraints.txt "$HOME/.config/pip/pip.conf" "$HOME/.pip/pip.conf"; do
   if [[ -f "$f" ]]; then mkdir -p "$chroot_dir$(dirname "$f")"; cp "$f" "$chroot_dir$f"; fi
 done
-for d in $(printf '%s\n' "$pip_cfg" | grep -oE "(file://)?/[^' ]+" | sed 's|^file://||' | sort -u); do
-  [[ -d "$d" ]] && bind "$d" "$chroot_dir$d" ro
+for p in $(printf '%s\n' "$pip_cfg" | grep -oE "(file://)?/[^' ]+" | sed 's|^file://||' | sort -u); do
+  if [[ -f "$p" ]]; then  # e.g. the CA bundle pip trusts (this host's may hold a local CA)
+    mkdir -p "$chroot_dir$(dirname "$p")"; cp -L "$p" "$chroot_dir$p"
+  elif [[ -d "$p" ]]; then
+    [[ "$(basename "$p")" == simple ]] && p=$(dirname "$p")  # a local index links to ../files
+    mountpoint -q "$chroot_dir$p" 2>/dev/null || bind "$p" "$chroot_dir$p" ro
+  fi
 done
 mkdir -p "$HOME/.cache/pip"
 bind "$HOME/.cache/pip" "$chroot_dir/root/.cache/pip"
@@ -105,7 +110,9 @@ net=/proof/shared/caffe2_models/bvlc_alexnet
 check_env() {  # check_env VENV
   local py=$1/bin/python
   "$1/bin/caffe2-ort" check
-  "$1/bin/caffe2-ort" convert "$net/predict_net.pbtxt" --value-info "$net/value_info.json" -o /tmp/alexnet.onnx
+  "$1/bin/caffe2-ort" synth-init "$net/predict_net.pbtxt" --value-info "$net/value_info.json" -o /tmp/alexnet_init.pb
+  "$1/bin/caffe2-ort" convert "$net/predict_net.pbtxt" --init /tmp/alexnet_init.pb --value-info "$net/value_info.json" \
+    -o /tmp/alexnet.onnx
   "$1/bin/caffe2-ort" run /tmp/alexnet.onnx
   (cd /proof/repo && "$py" -m pytest -q -p no:cacheprovider tests/test_dropout_cpu.py tests/test_op_errors.py \
      tests/test_rng_contract.py tests/test_library.py)
