@@ -67,7 +67,12 @@ bind() {  # bind SRC DEST [ro]
   if [[ "${3:-}" == ro ]]; then mount -o remount,bind,ro "$2"; fi
 }
 
-rm -rf "$chroot_dir"
+# Never delete through a mount left by an interrupted run (it would reach this host's files).
+while read -r _ target _; do
+  case "$target" in "$chroot_dir"/*) umount -l "$target" ;; esac
+done < <(sort -r -k2 /proc/mounts)
+if grep -q " $chroot_dir/" /proc/mounts; then echo "debian11_proof: mounts remain under $chroot_dir" >&2; exit 1; fi
+rm -rf --one-file-system "$chroot_dir"
 mkdir -p "$chroot_dir"
 say "unpacking the root"
 tar -C "$chroot_dir" -xzf "$tarball"
@@ -98,7 +103,10 @@ bind "$header_cache" "$chroot_dir/root/.cache/caffe2-ort"
 proof="$chroot_dir/proof"
 mkdir -p "$proof/repo" "$proof/dist"
 cp "$wheel" "$sdist" "$proof/dist/"
-cp -r "$ROOT_DIR/tests" "$ROOT_DIR/pyproject.toml" "$proof/repo/"
+# The checkout's files (the tests read a few sources); the package itself comes only from WHEEL/SDIST.
+(cd "$ROOT_DIR" && git ls-files -z --cached --others --exclude-standard | xargs -0 tar --ignore-failed-read -cf - 2>/dev/null) |
+  tar -C "$proof/repo" -xf -
+rm -rf "$proof/repo/python"
 bind "$shared" "$proof/shared" ro
 
 cat >"$proof/run.sh" <<'EOF'
