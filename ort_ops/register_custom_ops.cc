@@ -94,8 +94,22 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
                                                        ? "caffe2-ort: RegisterCustomOps called with a null OrtApiBase"
                                                        : "caffe2-ort: RegisterCustomOps called with null session options");
   }
+  // Probe once per runtime: a runtime older than the headers prints a line for each version it lacks.
+  static std::mutex probe_mutex;
+  static const OrtApiBase* probed_base = nullptr;
+  static const OrtApi* probed_api = nullptr;
+  static uint32_t probed_version = 0;
   const OrtApi* api = nullptr;
-  const uint32_t version = NegotiateApi(api_base, &api);
+  uint32_t version = 0;
+  {
+    std::lock_guard<std::mutex> lock(probe_mutex);
+    if (api_base != probed_base) {
+      probed_version = NegotiateApi(api_base, &probed_api);
+      probed_base = api_base;
+    }
+    api = probed_api;
+    version = probed_version;
+  }
   if (api == nullptr) {
     // API version 1 exists in every runtime and is enough to report the problem.
     const OrtApi* oldest = api_base->GetApi(1);
