@@ -117,13 +117,14 @@ GLIBC_FLOOR = (2, 28)
 
 
 def glibc_versions(lib):
+    """(version, symbol) for every dynamic symbol bound to a GLIBC_x.y version."""
     out = subprocess.run([_tool("objdump"), "-T", str(lib)], capture_output=True, text=True, check=True).stdout
-    return {(int(a), int(b)): line.split()[-1] for line in out.splitlines()
+    return {((int(a), int(b)), line.split()[-1]) for line in out.splitlines()
             for a, b in re.findall(r"GLIBC_(\d+)\.(\d+)", line)}
 
 
 def test_needs_nothing_newer_than_glibc_2_28(library):
-    too_new = {f"{sym}@GLIBC_{v[0]}.{v[1]}" for v, sym in glibc_versions(library).items() if v > GLIBC_FLOOR}
+    too_new = {f"{sym}@GLIBC_{v[0]}.{v[1]}" for v, sym in glibc_versions(library) if v > GLIBC_FLOOR}
     assert not too_new, f"symbols above GLIBC_2.28 (see ort_ops/compat/glibc_2_28.cc): {sorted(too_new)}"
 
 
