@@ -58,10 +58,10 @@ def venv_for(python, version, wheel):
     if not py.exists():
         run([python, "-m", "venv", str(venv)])
     numpy = "numpy<2" if key(version) < (1, 19, 0) else "numpy"
-    run([str(py), "-m", "pip", "install", "-q", f"onnxruntime=={version}", numpy, *TEST_DEPS])
-    run([str(py), "-m", "pip", "install", "-q", "--force-reinstall", str(wheel)])
-    # the wheel's dependencies must not move the runtime or numpy pinned above
-    run([str(py), "-m", "pip", "install", "-q", f"onnxruntime=={version}", numpy])
+    # One resolver run: the wheel's dependencies cannot move the runtime or numpy pinned beside them.
+    run([str(py), "-m", "pip", "install", "-q", str(wheel), f"onnxruntime=={version}", numpy, *TEST_DEPS])
+    # The wheel just built replaces an earlier build of the same version.
+    run([str(py), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(wheel)])
     return py
 
 
