@@ -41,7 +41,7 @@ bench: install
 	$(VENV)/bin/caffe2-ort bench
 
 # The whole CPU op suite on onnxruntime 1.17.x, a middle release and the newest; 1.16 must be refused.
-compat: install
+compat: $(VENV)/.created
 	$(PY) scripts/compat.py --python $(PY)
 
 # Developer loop: incremental CMake build copied into python/caffe2_ort/lib; then
