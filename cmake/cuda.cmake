@@ -9,7 +9,7 @@
 #
 # cudart is linked statically; cuDNN dynamically, found at run time through RUNPATH: the wheel's
 # folder relative to an installed library ($ORIGIN/../../nvidia/cudnn/lib from
-# site-packages/caffe2_ort/lib) and the absolute folder used at build time. cuRAND is not used: the
+# site-packages/caffe2_ort/lib) and, outside pip builds, the absolute folder used at build time. cuRAND is not used: the
 # default engine's random numbers come from our own Philox (common/philox.h).
 
 include(CheckLanguage)
@@ -117,7 +117,12 @@ target_compile_options(caffe2_ort_cuda_kernels PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:--Werror=default-stream-launch,all-warnings --fmad=false -O3 -Xcompiler=-Wall>
   $<$<COMPILE_LANGUAGE:CXX>:-Wall -Wextra -Werror -O2>)
 
-set(_c2ort_cuda_rpath "$ORIGIN/../../nvidia/cudnn/lib;${CAFFE2_ORT_CUDNN_LIB_DIR}")
+# A wheel's library finds the nvidia-cudnn-cu13 wheel beside it; a build-tree library also the folder
+# it was linked against (in a pip build that folder is a temporary build environment: left out).
+set(_c2ort_cuda_rpath "$ORIGIN/../../nvidia/cudnn/lib")
+if(NOT CAFFE2_ORT_PYTHON_INSTALL)
+  list(APPEND _c2ort_cuda_rpath "${CAFFE2_ORT_CUDNN_LIB_DIR}")
+endif()
 
 add_library(caffe2_ort_cuda SHARED
   ort_ops/register_custom_ops.cc
@@ -137,7 +142,7 @@ set_target_properties(caffe2_ort_cuda PROPERTIES
   SKIP_BUILD_RPATH OFF
   BUILD_WITH_INSTALL_RPATH ON
   INSTALL_RPATH "${_c2ort_cuda_rpath}")
-caffe2_ort_plugin(caffe2_ort_cuda)
+caffe2_ort_plugin(caffe2_ort_cuda -l:librt.so.1)  # cudart_static also uses librt
 
 # Test-only C entry points (tests/gpu); not installed, not exported by the plugin.
 add_library(caffe2_ort_cuda_testing SHARED

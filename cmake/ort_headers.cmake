@@ -1,13 +1,13 @@
-# Locates ONNX Runtime's C/C++ API headers: ORT_INCLUDE_DIR when given, else the cache that
-# scripts/fetch_ort_headers.sh fills from Debian's libonnxruntime-dev (ORT 1.21 headers).
-# The headers are never committed.
+# Locates ONNX Runtime's C/C++ API headers: ORT_INCLUDE_DIR when given (CMake or environment), else
+# scripts/fetch_ort_headers.py fetches a pinned, checksummed archive with Python's standard library
+# into the user cache (CAFFE2_ORT_CACHE_DIR, else ~/.cache/caffe2-ort) and reuses it offline.
+# The headers are never committed and never written into the source tree.
 set(ORT_INCLUDE_DIR "$ENV{ORT_INCLUDE_DIR}" CACHE PATH "Folder holding onnxruntime_c_api.h")
-set(CAFFE2_ORT_HEADER_CACHE "${PROJECT_SOURCE_DIR}/.cache/ort-headers" CACHE PATH
-    "Where fetched ORT headers are kept between builds")
 
 if(NOT ORT_INCLUDE_DIR)
+  find_package(Python3 COMPONENTS Interpreter REQUIRED)
   execute_process(
-    COMMAND bash "${PROJECT_SOURCE_DIR}/scripts/fetch_ort_headers.sh" "${CAFFE2_ORT_HEADER_CACHE}"
+    COMMAND "${Python3_EXECUTABLE}" "${PROJECT_SOURCE_DIR}/scripts/fetch_ort_headers.py"
     OUTPUT_VARIABLE fetched_dir
     ERROR_VARIABLE fetch_log
     RESULT_VARIABLE fetch_result

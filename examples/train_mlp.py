@@ -92,6 +92,10 @@ class Runner:
             import onnxruntime as ort
 
             so = caffe2_ort.register(ort.SessionOptions())
+            if graph_optimization_level is None and tuple(int(p) for p in ort.__version__.split(".")[:2]) < (1, 18):
+                # onnxruntime 1.17 fuses float64 Gemm+Tanh into com.microsoft FusedGemm, for which it has
+                # no float64 CPU kernel; basic optimisations leave that fusion out.
+                graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
             if graph_optimization_level is not None:
                 so.graph_optimization_level = graph_optimization_level
             if optimized_model_path is not None:

@@ -1,7 +1,7 @@
 // The library's only exported symbol: ORT calls it from SessionOptions.register_custom_ops_library.
-#include <algorithm>
-#include <cstdio>
-#include <cstdlib>
+#include <dlfcn.h>
+#include <link.h>
+
 #include <cstring>
 #include <mutex>
 #include <string>
@@ -17,11 +17,35 @@
 namespace caffe2_ort {
 namespace {
 
-// "1.21.0" -> 21: ORT's API version equals its minor release number.
-uint32_t MinorVersion(const char* version) {
-  if (version == nullptr) return 0;
-  const char* dot = std::strchr(version, '.');
-  return dot == nullptr ? 0 : static_cast<uint32_t>(std::strtoul(dot + 1, nullptr, 10));
+// The newest API table the runtime offers that this library knows: probed downwards from the version
+// compiled against (GetApi(v) returns null for a version the runtime lacks), so nothing is inferred
+// from the version string and a 2.x runtime reads as new. Returns 0 and null below kMinOrtApiVersion.
+uint32_t NegotiateApi(const OrtApiBase* api_base, const OrtApi** api) {
+  for (uint32_t v = ORT_API_VERSION; v >= kMinOrtApiVersion; --v) {
+    if ((*api = api_base->GetApi(v)) != nullptr) return v;
+  }
+  *api = nullptr;
+  return 0;
+}
+
+// With no OrtApiBase to report through, the runtime already loaded into this process: the table set
+// by an earlier registration, else OrtGetApiBase from any loaded object (ORT's own library, or the
+// Python binding that embeds it).
+const OrtApi* ApiForError() {
+  if (ApiVersion() != 0) return &Api();
+  const OrtApiBase* base = nullptr;
+  dl_iterate_phdr(
+      [](dl_phdr_info* info, size_t, void* out) -> int {
+        void* handle = dlopen(info->dlpi_name[0] ? info->dlpi_name : nullptr, RTLD_LAZY | RTLD_NOLOAD);
+        if (handle == nullptr) return 0;
+        using GetApiBase = const OrtApiBase*(ORT_API_CALL*)();
+        auto fn = reinterpret_cast<GetApiBase>(dlsym(handle, "OrtGetApiBase"));
+        if (fn != nullptr) *static_cast<const OrtApiBase**>(out) = fn();
+        dlclose(handle);
+        return fn != nullptr ? 1 : 0;
+      },
+      &base);
+  return base != nullptr ? base->GetApi(1) : nullptr;
 }
 
 struct Registry {
@@ -62,16 +86,35 @@ OrtCustomOpDomain* BuildDomain(uint32_t api_version) {
 extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
 RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   using namespace caffe2_ort;
-  if (api_base == nullptr) return nullptr;
-  const char* runtime = api_base->GetVersionString();
-  const uint32_t runtime_api = MinorVersion(runtime);
-  const uint32_t version = std::min<uint32_t>(runtime_api, ORT_API_VERSION);
-
-  const OrtApi* api = version > 0 ? api_base->GetApi(version) : nullptr;
-  if (api == nullptr || version < kMinOrtApiVersion) {
+  if (api_base == nullptr || options == nullptr) {
+    const OrtApi* api = ApiForError();
+    // Without any runtime in the process there is nothing that could carry an error back.
+    if (api == nullptr) return nullptr;
+    return api->CreateStatus(ORT_INVALID_ARGUMENT, api_base == nullptr
+                                                       ? "caffe2-ort: RegisterCustomOps called with a null OrtApiBase"
+                                                       : "caffe2-ort: RegisterCustomOps called with null session options");
+  }
+  // Probe once per runtime: a runtime older than the headers prints a line for each version it lacks.
+  static std::mutex probe_mutex;
+  static const OrtApiBase* probed_base = nullptr;
+  static const OrtApi* probed_api = nullptr;
+  static uint32_t probed_version = 0;
+  const OrtApi* api = nullptr;
+  uint32_t version = 0;
+  {
+    std::lock_guard<std::mutex> lock(probe_mutex);
+    if (api_base != probed_base) {
+      probed_version = NegotiateApi(api_base, &probed_api);
+      probed_base = api_base;
+    }
+    api = probed_api;
+    version = probed_version;
+  }
+  if (api == nullptr) {
     // API version 1 exists in every runtime and is enough to report the problem.
-    const OrtApi* oldest = api != nullptr ? api : api_base->GetApi(1);
+    const OrtApi* oldest = api_base->GetApi(1);
     if (oldest == nullptr) return nullptr;
+    const char* runtime = api_base->GetVersionString();
     std::string message = "caffe2-ort needs onnxruntime >= 1." + std::to_string(kMinOrtApiVersion) +
                           " (API version " + std::to_string(kMinOrtApiVersion) + "); this process runs onnxruntime " +
                           (runtime ? runtime : "of unknown version");
@@ -81,5 +124,5 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   static std::once_flag api_once;
   std::call_once(api_once, [&] { SetApi(api, version); });
 
-  return StatusFrom([&] { Ort::ThrowOnError(Api().AddCustomOpDomain(options, BuildDomain(version))); });
+  return StatusFrom([&] { Ort::ThrowOnError(Api().AddCustomOpDomain(options, BuildDomain(ApiVersion()))); });
 }

@@ -138,7 +138,10 @@ def test_error_missing_file(tmp_path, capsys):
 
 def test_readme_demo_command_through_the_package_entry_point():
     """The README's demo: `caffe2-ort run models/tiny_dropout_net/predict_net.pbtxt --value-info ...`."""
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    import caffe2_ort
+
+    # The source tree's package holds no library (the finder searches only the package): use this one's.
+    env = dict(os.environ, PYTHONPATH=str(REPO / "python"), CAFFE2_ORT_LIBRARY=caffe2_ort.get_library_path("cpu"))
     r = subprocess.run(
         [sys.executable, "-m", "caffe2_ort", "run", "models/tiny_dropout_net/predict_net.pbtxt",
          "--value-info", "models/tiny_dropout_net/value_info.json"],

@@ -63,17 +63,8 @@ class KernelOp : public OrtCustomOp {
     OrtCustomOp::GetVariadicOutputMinArity = [](const OrtCustomOp*) { return 1; };
     OrtCustomOp::GetVariadicOutputHomogeneity = [](const OrtCustomOp*) { return 1; };
 
-    // The legacy entry points cannot report errors; ORT >= 1.16 uses the V2 ones below.
-    OrtCustomOp::CreateKernel = [](const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info) -> void* {
-      void* kernel = nullptr;
-      OrtStatus* status = op->CreateKernelV2(op, api, info, &kernel);
-      if (status != nullptr) Api().ReleaseStatus(status);
-      return kernel;
-    };
-    OrtCustomOp::KernelCompute = [](void* kernel, OrtKernelContext* context) {
-      OrtStatus* status = StatusFrom([&] { static_cast<Kernel*>(kernel)->Compute(context); });
-      if (status != nullptr) Api().ReleaseStatus(status);
-    };
+    // The legacy CreateKernel/KernelCompute stay null: they cannot report errors, and every runtime we
+    // accept (API >= 17) calls the V2 entry points when they are set (and op version >= 16).
     OrtCustomOp::KernelDestroy = [](void* kernel) { delete static_cast<Kernel*>(kernel); };
 
     OrtCustomOp::CreateKernelV2 = [](const OrtCustomOp*, const OrtApi*, const OrtKernelInfo* info,

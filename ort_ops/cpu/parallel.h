@@ -2,8 +2,10 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 
 #include "common/ort_api.h"
 
@@ -14,6 +16,8 @@ namespace caffe2_ort {
 constexpr size_t kCpuTaskElements = size_t{1} << 15;
 
 // Calls fn(begin, end) over [0, n) in kCpuTaskElements pieces, in parallel on ORT's intra-op pool.
+// An exception thrown by fn never enters ORT's thread pool: the first one is kept, the remaining
+// tasks return at once, and it is rethrown here once ParallelFor has returned.
 template <typename Fn>
 void ParallelOverElements(OrtKernelContext* context, size_t n, Fn&& fn) {
   const size_t tasks = (n + kCpuTaskElements - 1) / kCpuTaskElements;
@@ -22,15 +26,25 @@ void ParallelOverElements(OrtKernelContext* context, size_t n, Fn&& fn) {
     return;
   }
   struct Job {
-    Fn* fn;
-    size_t n;
-  } job{&fn, n};
-  auto run = [](void* data, size_t task) {
+    Fn* fn = nullptr;
+    size_t n = 0;
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;  // written once, by the task that set failed
+  } job;
+  job.fn = &fn;
+  job.n = n;
+  auto run = [](void* data, size_t task) noexcept {
     auto* j = static_cast<Job*>(data);
-    const size_t begin = task * kCpuTaskElements;
-    (*j->fn)(begin, std::min(j->n, begin + kCpuTaskElements));
+    if (j->failed.load(std::memory_order_relaxed)) return;
+    try {
+      const size_t begin = task * kCpuTaskElements;
+      (*j->fn)(begin, std::min(j->n, begin + kCpuTaskElements));
+    } catch (...) {
+      if (!j->failed.exchange(true)) j->error = std::current_exception();
+    }
   };
   Ort::ThrowOnError(Api().KernelContext_ParallelFor(context, run, tasks, 0, &job));
+  if (job.error) std::rethrow_exception(job.error);
 }
 
 }  // namespace caffe2_ort

@@ -22,7 +22,7 @@ _try_register_schemas()
 
 from . import graph  # noqa: E402
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: E402
 
 __all__ = [
     "DOMAIN",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from .opdefs import DOMAIN, ENGINES, OPSET_VERSION, RNGS  # noqa: F401 - re-exported; the op table owns them
@@ -17,25 +16,56 @@ class LibraryNotFoundError(FileNotFoundError):
     pass
 
 
-def _candidate_dirs():
-    """Where a build may have put the library: next to the package (wheel or in-place build) and in
-    every other copy of the package directory on sys.path (scikit-build-core's editable installs keep
-    the Python files in the source tree and the library in site-packages)."""
-    here = Path(__file__).resolve().parent
-    seen = []
-    for d in [here / "lib", here] + [Path(p) / "caffe2_ort" / "lib" for p in sys.path if p]:
+def _package_lib_dirs():
+    """The package's own lib/ folders, and nothing else on sys.path: one per entry of the package's
+    __path__ (a wheel install has one; an editable install may map the package onto the source tree
+    and the installed build output, both counted as the package)."""
+    from . import __path__ as package_path
+
+    dirs = []
+    for entry in [*package_path, str(Path(__file__).resolve().parent)]:
+        d = Path(entry) / "lib"
         d = d.resolve() if d.exists() else d
-        if d not in seen:
-            seen.append(d)
-    return seen
+        if d not in dirs:
+            dirs.append(d)
+    return dirs
 
 
 def _find(name: str):
-    for d in _candidate_dirs():
+    for d in _package_lib_dirs():
         f = d / name
         if f.is_file():
             return f
     return None
+
+
+def _needed_libraries(path: Path):
+    """DT_NEEDED entries of an ELF64 little-endian shared library (empty for anything else)."""
+    import struct
+
+    data = path.read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return []
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    needed = []
+    for sh in sections:
+        if sh[1] != 6:  # SHT_DYNAMIC
+            continue
+        strtab = sections[sh[6]][4]
+        for pos in range(sh[4], sh[4] + sh[5], 16):
+            tag, val = struct.unpack_from("<qQ", data, pos)
+            if tag == 0:
+                break
+            if tag == 1:  # DT_NEEDED
+                needed.append(data[strtab + val:data.index(b"\0", strtab + val)].decode("ascii", "replace"))
+    return needed
+
+
+def _library_device(path: Path) -> str:
+    """"cuda" for a build that holds the CUDA kernels (it links cuDNN), else "cpu"."""
+    return "cuda" if any(n.startswith("libcudnn") for n in _needed_libraries(path)) else "cpu"
 
 
 def _ort_has_cuda() -> bool:
@@ -51,29 +81,39 @@ def get_library_path(device: str = "auto") -> str:
 
     ``device``: "cpu" for the CPU-only library, "cuda" for the library that also holds the CUDA kernels,
     "auto" (default) for the CUDA one when it was built and onnxruntime offers the CUDA execution
-    provider, else the CPU one. The environment variable CAFFE2_ORT_LIBRARY overrides the search.
+    provider, else the CPU one. Only the package's own lib/ folder is searched. The environment
+    variable CAFFE2_ORT_LIBRARY names a library to use instead; an explicit device must match it
+    (the CUDA build is the one linking cuDNN).
     """
-    override = os.environ.get(ENV_LIBRARY)
-    if override:
-        if not Path(override).is_file():
-            raise LibraryNotFoundError(f"{ENV_LIBRARY}={override} does not name a file")
-        return str(Path(override).resolve())
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', not {device!r}")
+    override = os.environ.get(ENV_LIBRARY)
+    if override:
+        path = Path(override)
+        if not path.is_file():
+            raise LibraryNotFoundError(f"{ENV_LIBRARY}={override} does not name a file")
+        kind = _library_device(path)
+        if device != "auto" and kind != device:
+            raise LibraryNotFoundError(
+                f"{ENV_LIBRARY}={override} is a {kind.upper()} build of the plugin, but device={device!r} "
+                f"was asked for; unset {ENV_LIBRARY} or point it at {_CUDA_NAME if device == 'cuda' else _CPU_NAME}"
+            )
+        return str(path.resolve())
     if device in ("auto", "cuda"):
         cuda = _find(_CUDA_NAME)
         if cuda is not None and (device == "cuda" or _ort_has_cuda()):
             return str(cuda)
         if device == "cuda":
             raise LibraryNotFoundError(
-                f"{_CUDA_NAME} was not built; build with nvcc and the nvidia-cudnn-cu13 wheel present "
-                "(see README, 'CUDA build')"
+                f"{_CUDA_NAME} is not in this install ({', '.join(map(str, _package_lib_dirs()))}); "
+                "it is built by 'pip install .' where nvcc is found (or with -C caffe2-ort.cuda=on), "
+                "see README, 'CUDA'"
             )
     cpu = _find(_CPU_NAME)
     if cpu is None:
-        searched = ", ".join(str(d) for d in _candidate_dirs()[:3])
+        searched = ", ".join(str(d) for d in _package_lib_dirs())
         raise LibraryNotFoundError(
-            f"{_CPU_NAME} not found (searched {searched}, ...). Install the package with "
+            f"{_CPU_NAME} not found (searched {searched}). Install the package with "
             "'pip install .' from the repository, or set CAFFE2_ORT_LIBRARY."
         )
     return str(cpu)
