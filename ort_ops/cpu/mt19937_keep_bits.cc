@@ -115,7 +115,7 @@ Mt19937::Mt19937(uint32_t seed, CpuIsa isa) : isa_(isa) {
 
 void Mt19937::Regenerate() {
 #if C2ORT_X86
-  if (isa_ == CpuIsa::kAvx512) {
+  if (isa_ >= CpuIsa::kAvx512) {  // the IFMA tier adds nothing MT19937 uses
     RegenerateAvx512(state_, tempered_);
   } else if (isa_ == CpuIsa::kAvx2) {
     RegenerateAvx2(state_, tempered_);
@@ -157,7 +157,7 @@ uint64_t Mt19937KeepBelow(float ratio) {
 
 void Mt19937WordsToKeepBits(CpuIsa isa, const uint32_t* words, size_t n, uint64_t keep_below, uint64_t* bits) {
 #if C2ORT_X86
-  if (isa == CpuIsa::kAvx512) return KeepBitsAvx512(words, n, keep_below, bits);
+  if (isa >= CpuIsa::kAvx512) return KeepBitsAvx512(words, n, keep_below, bits);
   if (isa == CpuIsa::kAvx2) return KeepBitsAvx2(words, n, keep_below, bits);
 #endif
   (void)isa;

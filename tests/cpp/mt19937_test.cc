@@ -18,7 +18,7 @@ int main() {
   // sizes that are not multiples of 64 (tails), of a 624-word block, or of the 512-element batch
   const size_t sizes[] = {1, 63, 64, 65, 311, 312, 313, 511, 512, 513, 4099};
   int failures = 0;
-  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512}) {
+  for (CpuIsa isa : {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Ifma}) {
     if (static_cast<int>(isa) > static_cast<int>(best)) continue;  // not supported on this CPU
     for (uint32_t seed : seeds) {
       // raw words, drawn in pieces that straddle block boundaries
