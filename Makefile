@@ -12,7 +12,7 @@ PIP := $(PY) -m pip
 PYTEST_ARGS ?=
 NVCC := $(shell command -v nvcc 2>/dev/null)
 
-.PHONY: demo test install cuda bench compat dev clean
+.PHONY: demo test install cuda bench compat dev clean fuzz
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ bench: install
 # The oldest onnxruntime this project supports (1.17) runs the CPU op tests; 1.16 must get a clear error.
 compat: install
 	bash scripts/compat_check.sh $(PY)
+
+# The fuzz stage at length (random cases, ~1500 per target; CAFFE2_ORT_FUZZ=ci is CI's bounded run).
+fuzz: install
+	CAFFE2_ORT_FUZZ=$${CAFFE2_ORT_FUZZ:-long} $(PY) -m pytest -q tests/fuzz
 
 # Developer loop: incremental CMake build copied into python/caffe2_ort/lib; then
 #   PYTHONPATH=python .venv/bin/python -m pytest

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 
 from caffe2_ort.caffe2 import converter, netdef
 from caffe2_ort.caffe2.errors import (
-    Caffe2Error, FillError, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError,
+    ArgumentError, Caffe2Error, FillError, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError,
 )  # fmt: skip
 from caffe2_ort.caffe2.executor import Executor
 
@@ -396,3 +396,52 @@ def test_dropout_ratio_one_converts_to_a_runnable_model(is_test, dropout):
     nan = np.isnan(ws["y"])
     assert np.array_equal(np.isnan(o["y"]), nan)
     assert np.array_equal(o["y"][~nan].view(np.uint32), ws["y"][~nan].view(np.uint32))  # signed zeros too
+
+
+# ----------------------------------------------------------------------------------------------
+# hostile input (issue 14): converter checks, in-process
+
+
+def test_lrn_with_caffe2_defaults_runs_in_ort_and_matches_the_executor():
+    x = np.random.default_rng(3).standard_normal((1, 5, 3, 3)).astype(np.float32)
+    for args, node in [({"size": 3}, "Identity"), ({"size": 3, "beta": 0.75, "bias": 2.0}, "Mul"),
+                       ({"size": 3, "alpha": 1e-3, "beta": 0.75}, "LRN")]:  # fmt: skip
+        net = make_net(ops=[("LRN", ["x"], ["y"], args)], inputs=["x"], outputs=["y"])
+        conv = converter.convert(net, value_info={"x": (np.float32, x.shape)})
+        assert [n.op_type for n in conv.model.graph.node] == [node]
+        got = run_ort(conv.model, {"x": x})["y"]
+        ref = Executor(net).run({"x": x})["y"]
+        assert max_rel_error(got, ref) < 1e-6, args
+    net = make_net(ops=[("LRN", ["x"], ["y"], {"size": 3, "alpha": 1e-3, "beta": -1.0})], inputs=["x"], outputs=["y"])
+    with pytest.raises(ArgumentError, match=r"LRN op #0: LRN alpha 0.001, beta -1, bias 1: ONNX Runtime's LRN needs alpha > 0"):
+        converter.convert(net, value_info={"x": (np.float32, x.shape)})
+
+
+def test_op_arity_group_and_kernel_checks():
+    vi = {"x": (np.float32, (1, 2, 4, 4))}
+    w = {"w": np.ones((2, 2, 1, 1), np.float32), "b": np.zeros(2, np.float32)}
+    cases = [
+        (("Dropout", ["x"], ["y", "m", "z"]), r"Dropout op #0: 3 output\(s\); Caffe2's Dropout has 1 to 2"),
+        (("Relu", ["x", "x"], ["y"]), r"Relu op #0: 2 input\(s\); Caffe2's Relu takes 1"),
+        (("Conv", ["x", "w", "b"], ["y"], {"kernel": 1, "group": 0}), r"group must be at least 1, got 0"),
+        (("Conv", ["x", "w", "b"], ["y"], {"kernel": 0}), r"kernel sizes must be positive, got \[0, 0\]"),
+    ]
+    for spec, message in cases:
+        net = make_net(ops=[spec], inputs=["x"], outputs=["y"])
+        with pytest.raises(Caffe2Error, match=message):
+            converter.convert(net, value_info=vi, init_blobs=w)
+
+
+def test_intermediate_blobs_must_fit_the_budget_and_ir_version_is_checked():
+    from caffe2_ort.caffe2.limits import SizeLimitError
+
+    net = make_net(ops=[("Conv", ["x", "w", "b"], ["y"], {"kernel": 1, "pad": 2**40})], inputs=["x"], outputs=["y"])
+    blobs = {"w": np.ones((2, 1, 1, 1), np.float32), "b": np.zeros(2, np.float32)}
+    with pytest.raises(SizeLimitError, match=r"Conv op #0: output 'y': shape \[1, 2, 2199023255554, 2199023255554\] float32 is"):
+        converter.convert(net, value_info={"x": (np.float32, (1, 1, 2, 2))}, init_blobs=blobs)
+    net = make_net(ops=[("Relu", ["x"], ["y"])], inputs=["x"], outputs=["y"])
+    for bad in (2**64, 0, 99):
+        with pytest.raises(Caffe2Error, match=rf"ir_version {bad} is not supported"):
+            converter.convert(net, value_info={"x": (np.float32, (2,))}, ir_version=bad)
+    with pytest.raises(SizeLimitError, match=r"input 'x': shape \[1024\] float32 is 4 KiB, over the 1 KiB limit"):
+        converter.convert(net, value_info={"x": (np.float32, (1024,))}, budget=1024)

@@ -256,3 +256,138 @@ def test_args_kind_by_presence():
     assert a.str("order") == "NCHW" and a.int("missing", 9) == 9
     with pytest.raises(ArgumentError, match="'order' should be an int"):
         a.int("order")
+
+
+# ----------------------------------------------------------------------------------------------
+# hostile input (issue 14): the reader's checks, in-process
+
+
+def test_a_cut_anywhere_in_a_binary_predict_net_is_an_error():
+    """Every proper prefix of a binary predict net fails with NetDefFormatError, except the prefixes
+    that end exactly after an external output (a shorter, valid output list nothing can tell apart)."""
+    net = make_net(ops=[("Relu", ["x"], ["a"]), ("Relu", ["a"], ["b"]), ("Relu", ["b"], ["y"])],
+                   inputs=["x"], outputs=["b", "y"])  # fmt: skip
+    data = net.SerializeToString()
+    boundary = len(data) - len(schema.NetDef(external_output=["y"]).SerializeToString())
+    accepted = []
+    for cut in range(len(data)):
+        try:
+            netdef.parse_netdef(data[:cut], kind="predict")
+        except NetDefFormatError:
+            continue
+        accepted.append(cut)
+    assert accepted == [boundary]
+    assert list(netdef.parse_netdef(data[:boundary], kind="predict").external_output) == ["b"]
+
+
+@pytest.mark.parametrize("n", [9, 10, 11, 12, 13, 14, 32])
+def test_binary_sniffing_is_not_fooled_by_a_whitespace_length_byte(n):
+    net = make_net(name="n" * n, ops=[("Relu", ["x"], ["y"])] * 3, inputs=["x"], outputs=["y"])
+    data = net.SerializeToString()
+    assert not netdef._looks_like_text(data)
+    with pytest.raises(NetDefFormatError, match=r"not a Caffe2 NetDef, or truncated"):
+        netdef.parse_netdef(data[:-5])
+    assert netdef._looks_like_text(b"\n\n  # comment\nname: 'x'\n")
+
+
+def test_predict_net_rules_of_caffe2():
+    unknown = make_net(ops=[("Relu", ["q"], ["y"])], inputs=["x"], outputs=["y"])
+    with pytest.raises(NetDefFormatError, match=r"Relu op #0 reads 'q', which is neither an external input"):
+        netdef.parse_netdef(unknown.SerializeToString(), kind="predict")
+    netdef.parse_netdef(unknown.SerializeToString())  # in-memory style nets leave weights undeclared
+    never = make_net(ops=[("Relu", ["x"], ["y"])], inputs=["x"], outputs=["y", "z"])
+    with pytest.raises(NetDefFormatError, match=r"external output 'z' is never produced by the net"):
+        netdef.parse_netdef(never.SerializeToString())
+    no_io = make_net(ops=[("Relu", ["x"], ["y"])])
+    with pytest.raises(NetDefFormatError, match=r"no external inputs or external outputs: truncated\?"):
+        netdef.parse_netdef(no_io.SerializeToString(), kind="predict")
+
+
+def test_text_nesting_and_bad_utf8_are_format_errors():
+    deep = 'name: "d" external_input: "x" external_output: "y" op { type: "Relu" input: "x" output: "y" '
+    deep += 'arg { name: "a" n { op { type: "R" ' * 400 + "} } }" * 400 + "}"
+    with pytest.raises(NetDefFormatError, match="not a"):
+        netdef.parse_netdef(deep.encode(), text=True)
+    with pytest.raises(NetDefFormatError, match="not UTF-8"):
+        netdef.parse_netdef(b'name: "\xff"', text=True)
+
+
+def test_value_info_hostile_documents(tmp_path):
+    cases = {
+        b'{"d": [1, ' + b"[" * 50000 + b"]" * 50000 + b"]}": "nested too deeply",
+        b'{"d": [1, [' + b"1" * 5000 + b"]]}": "not a usable value_info.json file",
+        b'{"d": [1, [9223372036854775808]]}': "does not fit int64",
+        b'{"d": [1, [-1]]}': "negative dimension -1",
+        b'{"d": [true, [1]]}': "must be [onnx_elem_type, [dims...]]",
+    }
+    for k, (doc, message) in enumerate(cases.items()):
+        (tmp_path / f"{k}.json").write_bytes(doc)
+        with pytest.raises(NetDefFormatError, match=re.escape(message)):
+            netdef.read_value_info(tmp_path / f"{k}.json")
+
+
+def test_fill_budget_and_exact_values():
+    from caffe2_ort.caffe2.limits import SizeLimitError
+
+    def op(type_, **args):
+        o = schema.OperatorDef(type=type_, output=["w"])
+        netdef.add_args(o, args)
+        return o
+
+    with pytest.raises(SizeLimitError, match=r"shape \[4294967296, 4294967296\] float32 is 64 EiB|shape \[4294967296, 4294967296\] float32 is"):
+        netdef.evaluate_fill(op("ConstantFill", shape=[2**32, 2**32]))
+    with pytest.raises(SizeLimitError, match=r"is 4 KiB, over the 1 KiB limit"):
+        netdef.evaluate_fill(op("ConstantFill", shape=[1024]), budget=1024)
+    assert netdef.evaluate_fill(op("ConstantFill", shape=[256]), budget=1024).shape == (256,)
+    with pytest.raises(FillError, match=r"value 1099511627776 does not fit int32"):
+        netdef.evaluate_fill(op("GivenTensorIntFill", shape=[1], values=[2**40]))
+    with pytest.raises(FillError, match=r"value 2 does not fit bool"):
+        netdef.evaluate_fill(op("GivenTensorBoolFill", shape=[1], values=[2]))
+    with pytest.raises(FillError, match=r"'value' 2.5 is not an integer"):
+        netdef.evaluate_fill(op("ConstantFill", shape=[1], dtype=netdef.C2_INT32, value=2.5))
+    with pytest.raises(FillError, match=r"'value' 1e\+10 does not fit float16"):
+        netdef.evaluate_fill(op("ConstantFill", shape=[1], dtype=netdef.C2_FLOAT16, value=1e10))
+    assert netdef.evaluate_fill(op("ConstantFill", shape=[2], dtype=netdef.C2_INT8, value=-128)).tolist() == [-128, -128]
+    # the whole init_net shares one budget
+    init = make_net(ops=[("ConstantFill", [], ["a"], {"shape": [200]}), ("ConstantFill", [], ["b"], {"shape": [200]})])
+    with pytest.raises(SizeLimitError, match=r"for 'b'.*brings the total to 1.56 KiB, over the 1 KiB limit"):
+        netdef.evaluate_init_net(init, budget=1024)
+
+
+def test_tensor_proto_values_must_fit():
+    tp = schema.TensorProto(name="t", dims=[2], data_type=netdef.C2_INT8, int32_data=[1, 300])
+    with pytest.raises(NetDefFormatError, match=r"tensor 't': value 300 does not fit int8"):
+        netdef.tensor_proto_to_array(tp)
+    tp = schema.TensorProto(name="t", dims=[3], data_type=netdef.C2_FLOAT, raw_data=b"\0" * 10)
+    with pytest.raises(NetDefFormatError, match=r"raw_data of 10 bytes is not a whole number of float32 values"):
+        netdef.tensor_proto_to_array(tp)
+
+
+def test_limits_helpers(tmp_path):
+    from caffe2_ort.caffe2 import limits
+
+    assert limits.parse_size("8G") == 8 << 30 and limits.parse_size("512m") == 512 << 20 and limits.parse_size("1.5K") == 1536
+    assert limits.parse_size("100") == 100 and limits.parse_size("2GiB") == 2 << 30
+    with pytest.raises(limits.Caffe2Error, match="expected a number of bytes"):
+        limits.parse_size("lots")
+    assert limits.numel([2**40, 2**40]) == 2**80  # no int64 wrap
+    with pytest.raises(limits.Caffe2Error, match="does not fit int64"):
+        limits.check_shape("s", [2**63])
+    with pytest.raises(NetDefFormatError, match="is a device, not a file"):
+        limits.Budget().read_file("/dev/zero")
+    (tmp_path / "big").write_bytes(b"x" * 2000)
+    with pytest.raises(limits.SizeLimitError, match=r"the file is 1.95 KiB, over the 1 KiB limit"):
+        limits.Budget(1024).read_file(tmp_path / "big")
+
+
+def test_empty_tensor_with_dims_numpy_cannot_describe():
+    """Found by the fuzz suite: shape [0, 2^31-1, 2^31-1] has no elements, but numpy refuses it."""
+    from caffe2_ort.caffe2.limits import SizeLimitError
+
+    op = schema.OperatorDef(type="GivenTensorFill", output=["w"])
+    netdef.add_args(op, {"shape": [0, 2**31 - 1, 2**31 - 1], "values": []})
+    with pytest.raises(SizeLimitError, match=r"is too large to describe, even with no elements"):
+        netdef.evaluate_fill(op)
+    ok = schema.OperatorDef(type="GivenTensorFill", output=["w"])
+    netdef.add_args(ok, {"shape": [0, 5], "values": []})
+    assert netdef.evaluate_fill(ok).shape == (0, 5)

@@ -24,20 +24,26 @@ def _train(args) -> int:
     return run(args)
 
 
+def _converter_cli():
+    try:
+        from .caffe2 import cli
+    except ImportError:  # the converter package is optional at import time
+        return None
+    return cli
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    conv = _converter_cli()
+    parser = (conv.ArgumentParser if conv else argparse.ArgumentParser)(
         prog="caffe2-ort",
         description="Legacy Caffe2 Dropout/DropoutGrad as ONNX Runtime custom ops, and a Caffe2 net converter.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    try:
-        from .caffe2.cli import add_commands
-    except ImportError:  # the converter package is optional at import time
-        add_commands = None
-    if add_commands is not None:
-        add_commands(sub)
+    if conv is not None:
+        conv.add_commands(sub)
 
     check = sub.add_parser("check", help="load the plugin in ONNX Runtime, run both ops, report versions and failures")
+    check.add_argument("--verbose", action="store_true", help="print the traceback of each failed check")
     check.set_defaults(func=_check)
 
     from .train_cli import add_arguments as add_train_arguments
@@ -55,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Every command runs guarded: a failure is one ``error: ...`` line on stderr, never a traceback."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    conv = _converter_cli()
+    func = conv.guarded(args.func) if conv else args.func
+    return int(func(args) or 0)
 
 
 if __name__ == "__main__":

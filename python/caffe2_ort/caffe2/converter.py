@@ -25,8 +25,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import shapes as S
-from .errors import Caffe2Error, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError
+from .errors import ArgumentError, Caffe2Error, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError
 from . import netdef
+from .limits import Budget, check_shape
 from .netdef import NUMPY_TO_ONNX, Args, evaluate_init_net
 
 from .._library import DOMAIN as CAFFE2_DOMAIN
@@ -132,6 +133,15 @@ def _check_opset(opset):
         raise Caffe2Error(f"opset {opset} is not supported: use {MIN_OPSET}..{newest} (the installed onnx's newest)")
 
 
+MIN_IR_VERSION = 7  # the first IR version of opset 13
+
+
+def _check_ir_version(ir_version):
+    newest = onnx.IR_VERSION
+    if isinstance(ir_version, bool) or not isinstance(ir_version, int) or not MIN_IR_VERSION <= ir_version <= newest:
+        raise Caffe2Error(f"ir_version {ir_version} is not supported: use {MIN_IR_VERSION}..{newest} (the installed onnx's newest)")
+
+
 def convert(
     predict_net,
     init_net=None,
@@ -146,6 +156,7 @@ def convert(
     name=None,
     extra_outputs=(),
     check=True,
+    budget=None,
 ) -> Conversion:
     """Convert a Caffe2 predict net to an ONNX model.
 
@@ -156,6 +167,8 @@ def convert(
     ``rng``: "philox" (default) or "caffe2": every Dropout gets rng="caffe2_mt19937", real Caffe2's own
     CPU mask stream (needs dropout="caffe2").
     ``extra_outputs``: Caffe2 blob names to expose as graph outputs too (their last versions).
+    ``budget``: a :class:`~caffe2_ort.caffe2.limits.Budget` or a byte count (None: the default limit):
+    init_net fills count against it, and no input or intermediate blob may be larger.
     """
     if dropout not in DROPOUT_MODES:
         raise Caffe2Error(f"dropout mode must be one of {', '.join(DROPOUT_MODES)}, not {dropout!r}")
@@ -164,14 +177,19 @@ def convert(
     if RNG_MODES[rng] and dropout != "caffe2":
         raise Caffe2Error(f"rng {rng!r} needs dropout='caffe2': standard ONNX Dropout draws its own masks")
     _check_opset(opset)
-    data = {k: (np.dtype(v[0]), tuple(int(d) for d in v[1])) for k, v in (value_info or {}).items()}
+    _check_ir_version(ir_version)
+    budget = Budget.of(budget)
+    netdef.check_net(predict_net, "predict_net")
+    data = {k: (np.dtype(v[0]), check_shape(f"input {k!r}", v[1])) for k, v in (value_info or {}).items()}
     for k, shape in (input_shapes or {}).items():
         dtype = data[k][0] if k in data else np.dtype(np.float32)
-        data[k] = (dtype, tuple(int(d) for d in shape))
+        data[k] = (dtype, check_shape(f"input {k!r}", shape))
+    for k, (dtype, shape) in data.items():
+        budget.check(f"input {k!r}", shape, dtype, claim=False)
     if init_blobs is not None:
         weights = {k: np.asarray(v) for k, v in init_blobs.items() if k not in data}
     elif init_net is not None:
-        weights = evaluate_init_net(init_net, skip=set(data))
+        weights = evaluate_init_net(init_net, skip=set(data), budget=budget)
     else:
         weights = {}
 
@@ -234,7 +252,7 @@ def convert(
     for k, op in enumerate(predict_net.op):
         where = f"{op.type} op #{k}" + (f" ({op.name})" if op.name else "")
         ins = [g.infos.get(n) if n else None for n in op_inputs[k]]
-        out_infos = S.infer(op, ins, where)
+        out_infos = S.infer(op, ins, where, budget)
         for n, info in zip(op_outputs[k], out_infos):
             g.infos[n] = info
         _emit(g, predict_net, op, k, op_inputs[k], op_outputs[k], ins, out_infos, where, dropout, inits, notes, readers,
@@ -242,9 +260,9 @@ def convert(
 
     # 5. outputs
     outputs = [final[b] for b in predict_net.external_output if b in final]
-    missing = [b for b in predict_net.external_output if b not in final]
+    missing = [b for b in predict_net.external_output if b not in final]  # external inputs no op reads
     if missing:
-        notes.append(f"external outputs never produced, left out: {', '.join(missing)}")
+        notes.append(f"external outputs that are unread external inputs, left out: {', '.join(missing)}")
     if not predict_net.external_output:
         produced = [n for outs in op_outputs for n in outs]
         consumed = {n for ins_ in op_inputs for n in ins_}
@@ -254,6 +272,8 @@ def convert(
             raise Caffe2Error(f"extra output {b!r} is not a blob of the net")
         if final[b] not in outputs:
             outputs.append(final[b])
+    if not outputs:
+        raise Caffe2Error("the converted model would have no outputs (the net produces none of its external outputs)")
     # initializers replaced by reshaped copies (FC weights, broadcast operands) and never read
     used = {n for node in g.nodes for n in node.input} | set(outputs)
     g.initializers = [t for t in g.initializers if t.name in used]
@@ -390,10 +410,25 @@ def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, rea
         return
 
     if t == "LRN":
-        g.node(
-            "LRN", xin[:1], xout[:1], node_name, size=args.int("size"), alpha=args.float("alpha", 0.0),
-            beta=args.float("beta", 0.0), bias=args.float("bias", 1.0),
-        )  # fmt: skip
+        # Caffe2's defaults (alpha 0, beta 0, bias 1) are not ONNX's, and ONNX Runtime's LRN refuses
+        # alpha <= 0 and beta <= 0. Y = X * (bias + alpha/size * sum(X^2))^-beta is then exactly
+        # X (beta = 0) or X * bias^-beta (alpha = 0); negative values have no ORT form.
+        alpha, beta, bias = args.float("alpha", 0.0), args.float("beta", 0.0), args.float("bias", 1.0)
+        if alpha < 0 or beta < 0 or not all(np.isfinite([alpha, beta, bias])):
+            raise ArgumentError(
+                f"{where}: LRN alpha {alpha:g}, beta {beta:g}, bias {bias:g}: ONNX Runtime's LRN needs alpha > 0 and "
+                "beta > 0 (alpha = 0 and beta = 0 are written as exact equivalents; negative or non-finite values are not supported)"
+            )
+        if beta == 0:
+            g.node("Identity", xin[:1], xout[:1], node_name)
+            notes.append(f"{where}: LRN with beta 0 is the identity; written as Identity")
+        elif alpha == 0:
+            with np.errstate(all="ignore"):
+                factor = np.asarray(np.float64(bias) ** -np.float64(beta), dtype=x.dtype)
+            g.node("Mul", [xin[0], g.const(f"{node_name}_factor", factor)], xout[:1], node_name)
+            notes.append(f"{where}: LRN with alpha 0 is X * bias^-beta; written as a Mul by {float(factor):g}")
+        else:
+            g.node("LRN", xin[:1], xout[:1], node_name, size=args.int("size"), alpha=alpha, beta=beta, bias=bias)
         if len(xout) > 1:
             notes.append(f"{where}: scale output {op.output[1]!r} dropped (nothing reads it)")
         return

@@ -318,7 +318,9 @@ def _lrn(ctx, xs, args):
 def _softmax(ctx, xs, args):
     x = _f64(xs[0])
     axis = args.int("axis", 1) % max(x.ndim, 1)
-    x2 = x.reshape(int(np.prod(x.shape[:axis])), -1)
+    x2 = x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:]))  # explicit: -1 fails on empty tensors
+    if x2.size == 0:
+        return [np.array(xs[0], copy=True)]
     e = np.exp(x2 - x2.max(axis=1, keepdims=True))
     return [_round((e / e.sum(axis=1, keepdims=True)).reshape(x.shape), xs[0])]
 
@@ -403,7 +405,7 @@ def _reshape(ctx, xs, args):
 def _flatten(ctx, xs, args):
     x = np.asarray(xs[0])
     axis = args.int("axis", 1)
-    return [x.reshape(int(np.prod(x.shape[:axis])), -1).copy()]
+    return [x.reshape(math.prod(x.shape[:axis]), math.prod(x.shape[axis:])).copy()]
 
 
 @_op("Dropout")

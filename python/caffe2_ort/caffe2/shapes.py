@@ -7,12 +7,12 @@ sizes its outputs by its own code, so the two stay independent checks of each ot
 
 from __future__ import annotations
 
-import math
 from collections import namedtuple
 
 import numpy as np
 
 from .errors import ShapeError
+from .limits import numel
 from .netdef import Args
 
 Info = namedtuple("Info", "dtype shape")
@@ -34,6 +34,34 @@ SUPPORTED_OPS = frozenset(
 BINARY_OPS = ("Add", "Sub", "Mul", "Div")
 # Inputs that are parameters (filled by init_net) rather than data, per op type.
 WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "FC": (1, 2), "SpatialBN": (1, 2, 3, 4)}
+# (fewest inputs, most inputs, fewest outputs, most outputs) of each op in Caffe2's schemas (None: no limit).
+ARITY = {
+    "Conv": (2, 3, 1, 1), "ConvTranspose": (2, 3, 1, 1), "FC": (3, 3, 1, 1), "Relu": (1, 1, 1, 1),
+    "Sigmoid": (1, 1, 1, 1), "Tanh": (1, 1, 1, 1), "Copy": (1, 1, 1, 1), "LRN": (1, 1, 1, 2),
+    "MaxPool": (1, 1, 1, 1), "AveragePool": (1, 1, 1, 1), "Softmax": (1, 1, 1, 1), "Concat": (1, None, 1, 2),
+    "SpatialBN": (5, 5, 1, 1), "Sum": (1, None, 1, 1), "Add": (2, 2, 1, 1), "Sub": (2, 2, 1, 1),
+    "Mul": (2, 2, 1, 1), "Div": (2, 2, 1, 1), "Reshape": (1, 2, 1, 2), "Flatten": (1, 1, 1, 1),
+    "Dropout": (1, 1, 1, 2), "DropoutGrad": (1, 2, 1, 1),
+}  # fmt: skip
+
+
+def _count(lo, hi):
+    return f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
+
+
+def check_arity(op, where: str = "") -> None:
+    """Caffe2's input and output counts for the op (its schema refused others at op creation)."""
+    t = canonical(op.type)
+    if t not in ARITY:
+        return
+    lo_in, hi_in, lo_out, hi_out = ARITY[t]
+    where = where or f"{op.type} op"
+    if len(op.input) < lo_in or (hi_in is not None and len(op.input) > hi_in):
+        raise ShapeError(f"{where}: {len(op.input)} input(s); Caffe2's {t} takes {_count(lo_in, hi_in)}")
+    if len(op.output) < lo_out or len(op.output) > hi_out:
+        raise ShapeError(f"{where}: {len(op.output)} output(s); Caffe2's {t} has {_count(lo_out, hi_out)}")
+    if any(not b for b in op.output):
+        raise ShapeError(f"{where}: an output has an empty name")
 
 
 def canonical(op_type: str) -> str:
@@ -136,6 +164,12 @@ def conv_pool_params(op, x_shape, where: str = ""):
     if legacy not in LEGACY_PAD_NAMES:
         raise ShapeError(f"{where}: unknown legacy_pad {legacy}")
     group = args.int("group", 1)
+    if group < 1:
+        raise ShapeError(f"{where}: group must be at least 1, got {group}")
+    if kernel is not None and any(k < 1 for k in kernel):
+        raise ShapeError(f"{where}: kernel sizes must be positive, got {kernel}")
+    if any(a < 0 for a in adj):
+        raise ShapeError(f"{where}: negative adj {adj}")
     if any(s <= 0 for s in stride) or any(d <= 0 for d in dilation):
         raise ShapeError(f"{where}: strides and dilations must be positive (strides {stride}, dilations {dilation})")
     if any(p < 0 for p in begin + end):
@@ -166,13 +200,15 @@ def compute_size_and_pad(in_size, stride, kernel, dilation, legacy, pad_head, pa
             raise ShapeError(f"{where}: legacy_pad SAME with kernel {kernel} < stride {stride} is not supported")
         head = needed // 2  # Caffe2 puts the odd pixel at the end
         return (in_size + needed - dk) // stride + 1, head, needed - head
-    # CAFFE_LEGACY_POOLING: Caffe's ceil sizing, expressed as a larger tail pad
+    # CAFFE_LEGACY_POOLING: Caffe's ceil sizing, expressed as a larger tail pad (exact integer
+    # forms of Caffe's ceil(float(span) / stride) and int(float(span) / stride), which truncates)
     if dilation != 1:
         raise ShapeError(f"{where}: legacy_pad CAFFE_LEGACY_POOLING does not allow dilation")
-    out = int(math.ceil(float(in_size + 2 * pad_head - kernel) / stride)) + 1
+    span = in_size + 2 * pad_head - kernel
+    out = -(-span // stride) + 1
     if pad_head > 0 and (out - 1) * stride >= in_size + pad_head:
         out -= 1
-    standard = int(float(in_size + 2 * pad_head - kernel) / stride) + 1
+    standard = (span // stride if span >= 0 else -(-span // stride)) + 1
     if out < standard or out < 1:
         raise ShapeError(f"{where}: legacy pooling gives output size {out} for input {in_size}")
     return out, pad_head, pad_head + stride * (out - standard)
@@ -187,6 +223,8 @@ def resolve_conv_pool(op, x_shape, w_shape=None, where=""):
         if w_shape is None or len(w_shape) != len(x_shape):
             raise ShapeError(f"{where}: no kernel argument and no weight of rank {len(x_shape)} to take it from")
         p["kernel"] = list(w_shape[2:])
+        if any(k < 1 for k in p["kernel"]):
+            raise ShapeError(f"{where}: the weight {list(w_shape)} gives kernel sizes {p['kernel']}; they must be positive")
     out, begin, end = [], [], []
     for d in range(p["nd"]):
         if t == "ConvTranspose":
@@ -250,7 +288,7 @@ def _need(ins, k, where):
 
 
 def flatten2d(shape, axis):
-    return (int(np.prod(shape[:axis], dtype=np.int64)), int(np.prod(shape[axis:], dtype=np.int64)))
+    return (numel(shape[:axis]), numel(shape[axis:]))
 
 
 def canonical_axis(axis, rank, where):
@@ -279,26 +317,36 @@ def reshape_target(in_shape, new_shape, where):
             out.append(in_shape[i])
         else:
             out.append(d)
-    total = int(np.prod(in_shape, dtype=np.int64))
+    total = numel(in_shape)
     if out.count(-1) > 1 or any(d < -1 for d in out):
         raise ShapeError(f"{where}: invalid shape {new_shape}")
     if -1 in out:
-        known = int(np.prod([d for d in out if d != -1], dtype=np.int64))
+        known = numel([d for d in out if d != -1])
         if known == 0 or total % known:
             raise ShapeError(f"{where}: cannot reshape {list(in_shape)} to {new_shape}")
         out[out.index(-1)] = total // known
-    if int(np.prod(out, dtype=np.int64)) != total:
+    if numel(out) != total:
         raise ShapeError(f"{where}: cannot reshape {list(in_shape)} ({total} elements) to {new_shape}")
     return tuple(out)
 
 
-def infer(op, ins, where=""):
-    """Output Infos of one op from its input Infos (all known)."""
+def infer(op, ins, where="", budget=None):
+    """Output Infos of one op from its input Infos (all known). With ``budget`` (a limits.Budget), each
+    output's size is checked against the per-tensor limit, so a claimed shape never reaches an allocator."""
+    where = where or f"{op.type} op"
+    check_arity(op, where)
+    outs = _infer(op, ins, where)
+    if budget is not None:
+        for b, info in zip(op.output, outs):
+            if info.shape is not None and None not in info.shape:
+                budget.check(f"{where}: output {b!r}", info.shape, info.dtype, claim=False)
+    return outs
+
+
+def _infer(op, ins, where):
     t = canonical(op.type)
     args = Args(op)
-    where = where or f"{op.type} op"
     x = _need(ins, 0, where)
-    f32 = np.dtype(np.float32)
     if t in ("Conv", "ConvTranspose"):
         w = _need(ins, 1, where)
         p = resolve_conv_pool(op, x.shape, w.shape, where)
@@ -330,7 +378,7 @@ def infer(op, ins, where=""):
         n, kw = flatten2d(w.shape, axis_w)
         if k != kw:
             raise ShapeError(f"{where}: input {list(x.shape)} at axis {axis} has {k} features, weight {list(w.shape)} at axis_w {axis_w} has {kw}")
-        if int(np.prod(b.shape, dtype=np.int64)) != n:
+        if numel(b.shape) != n:
             raise ShapeError(f"{where}: bias {list(b.shape)} does not have {n} elements")
         return [Info(x.dtype, (*x.shape[:axis], n))]
     if t in ("Relu", "Sigmoid", "Tanh", "Copy"):
@@ -401,7 +449,7 @@ def infer(op, ins, where=""):
         return out
     if t == "DropoutGrad":
         if len(ins) > 1 and ins[1] is not None and None not in ins[1].shape and not args.int("is_test", 0):
-            if int(np.prod(ins[1].shape)) != int(np.prod(x.shape)):
-                raise ShapeError(f"{where}: mask has {int(np.prod(ins[1].shape))} elements, dY {int(np.prod(x.shape))}")
+            if numel(ins[1].shape) != numel(x.shape):
+                raise ShapeError(f"{where}: mask has {numel(ins[1].shape)} elements, dY {numel(x.shape)}")
         return [x]
     raise ShapeError(f"{where}: no shape rule for op type {op.type}")

@@ -28,6 +28,7 @@ import numpy as np
 from . import schema
 from . import shapes as S
 from .errors import Caffe2Error, MissingValueInfoError, ShapeError, UnsupportedOpsError
+from .limits import Budget
 from .netdef import Args, make_given_fill
 
 _PRESERVING = frozenset(["Relu", "Sigmoid", "Tanh", "Copy", "Dropout", "LRN", "SpatialBN", "Sum", "DropoutGrad"] + list(S.BINARY_OPS))
@@ -45,9 +46,10 @@ def _round_up(v, m):
 class _Walk:
     """One shape walk over the net with the current pins; raises _Pin when a tie needs a new pin."""
 
-    def __init__(self, net, data, width, fc_width, pins):
+    def __init__(self, net, data, width, fc_width, pins, budget):
         self.net, self.width, self.fc_width, self.pins = net, width, fc_width, pins
-        self.infos = {b: S.Info(np.dtype(dt), tuple(sh)) for b, (dt, sh) in data.items()}
+        self.budget = Budget(budget.max_bytes)  # weights count against the limit per walk
+        self.infos = {b: S.Info(np.dtype(dt), self.budget.check(f"input {b!r}", sh, dt, claim=False)) for b, (dt, sh) in data.items()}
         self.origin = {}  # blob -> (pin key, axis) of a width this walk chose
         self.weights = {}  # blob -> (Info, kind, fan_in, op index)
 
@@ -79,7 +81,7 @@ class _Walk:
             if tuple(prev) != tuple(shape):
                 raise ShapeError(f"{op.type} op #{k}: weight {blob!r} is shared with shape {list(prev)}, here it needs {list(shape)}")
             return
-        info = S.Info(np.dtype(np.float32), tuple(int(d) for d in shape))
+        info = S.Info(np.dtype(np.float32), self.budget.check(f"{op.type} op #{k}: weight {blob!r}", shape, np.float32))
         self.weights[blob] = (info, kind, fan_in, k)
         self.infos[blob] = info
 
@@ -100,7 +102,8 @@ class _Walk:
             raise MissingValueInfoError(
                 f"{where} reads {missing[0][1]!r}, which no earlier op writes and no --input / value info gives"
             )
-        x = self.infos[op.input[0]] if op.input else None
+        S.check_arity(op, where)
+        x = self.infos[op.input[0]]
         in_origin = self.origin.get(op.input[0]) if op.input else None
         key = ("op", k)
         if t in ("Conv", "ConvTranspose"):
@@ -128,7 +131,7 @@ class _Walk:
                     self._weight(op, k, 2, b, (m,), "bias")
         elif t == "FC":
             axis = S.canonical_axis(args.int("axis", 1), len(x.shape), where)
-            kk = int(np.prod(x.shape[axis:], dtype=np.int64))
+            kk = S.numel(x.shape[axis:])
             n = self.pins.get(key, self.fc_width)
             axis_w = args.int("axis_w", 1)
             if axis_w < 1:
@@ -168,7 +171,7 @@ class _Walk:
         elif t == "Concat":
             self._concat_tie(op, args, where)
         ins = [self.infos.get(b) for b in op.input]
-        outs = S.infer(op, ins, where)
+        outs = S.infer(op, ins, where, self.budget)
         for b, info in zip(op.output, outs):
             self.infos[b] = info
             self.origin.pop(b, None)
@@ -195,11 +198,12 @@ class _Walk:
                         raise _Pin(fb[0], first[d] if self._free(b, d) else s[d])
 
 
-def choose_shapes(net, data, *, width=16, fc_width=32, max_pins=256):
+def choose_shapes(net, data, *, width=16, fc_width=32, max_pins=256, budget=None):
     """The shape walk with pinning; returns the final _Walk (weights and all blob infos)."""
     pins = {}
+    budget = Budget.of(budget)
     for _ in range(max_pins):
-        walk = _Walk(net, data, width, fc_width, pins)
+        walk = _Walk(net, data, width, fc_width, pins, budget)
         try:
             return walk.run()
         except _Pin as pin:
@@ -227,19 +231,28 @@ def _values(rng, info, kind, fan_in):
     raise AssertionError(kind)  # pragma: no cover
 
 
-def synthesize(predict_net, data, *, seed=0, width=16, fc_width=32, calibrate=True, name=None):
+def synthesize(predict_net, data, *, seed=0, width=16, fc_width=32, calibrate=True, name=None, budget=None):
     """A random init_net for ``predict_net``.
 
     ``data``: ``{input name: (numpy dtype, shape)}`` for the data inputs (value_info plus --input).
-    Returns ``(init_net, blobs)``: a NetDef of GivenTensorFill ops (in first-use order) and the
-    same values as ``{name: float32 array}``.
+    ``budget``: a limits.Budget or byte count (None: the default limit) that the weights, and every
+    blob of the calibration run, must fit. Returns ``(init_net, blobs)``: a NetDef of GivenTensorFill
+    ops (in first-use order) and the same values as ``{name: float32 array}``.
     """
     if width < 1 or fc_width < 1:
         raise Caffe2Error("width and fc_width must be positive")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise Caffe2Error(f"the seed must be a non-negative integer, not {seed!r}")
+    budget = Budget.of(budget)
     bad = Counter(label for op in predict_net.op if (label := S.unsupported_variant(op, Args(op))))
     if bad:
         raise UnsupportedOpsError(bad, where="predict_net (synth-init)")
-    walk = choose_shapes(predict_net, data, width=width, fc_width=fc_width)
+    walk = choose_shapes(predict_net, data, width=width, fc_width=fc_width, budget=budget)
+    for b, (info, _kind, _fan_in, k) in walk.weights.items():
+        budget.check(f"weight {b!r}", info.shape, info.dtype)
+    if calibrate:
+        for b, (dt, sh) in data.items():
+            budget.check(f"calibration input {b!r}", sh, dt)
     rng = np.random.default_rng(seed)
     blobs = {}
     for b, (info, kind, fan_in, _k) in walk.weights.items():
