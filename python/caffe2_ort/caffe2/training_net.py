@@ -83,7 +83,7 @@ GRADIENT_OPS = {
     "SoftmaxGradient": Grad("Softmax", (2,), [(1, 0)], (0,)),
     "MaxPoolGradient": Grad("MaxPool", (3,), [(2, 0)], (0,)),
     "AveragePoolGradient": Grad("AveragePool", (3,), [(2, 0)], (0,)),
-    "LRNGradient": Grad("LRN", (4,), [(3, 0)], (0,)),
+    "LRNGradient": Grad("LRN", (3,), [(2, 0)], (0,)),  # (X, Y, dY)
     "SpatialBNGradient": Grad("SpatialBN", (5,), [(2, 0)], (0, 1, 2)),
     "DropoutGrad": Grad("Dropout", (1, 2), [(0, 0)], (0,)),
     "SoftmaxWithLossGradient": Grad("SoftmaxWithLoss", (4,), [(3, 1)], (0,)),
@@ -93,6 +93,23 @@ GRADIENT_OPS = {
     "SubGradient": Grad("Sub", (3,), [(0, 0)], (0, 1)),
     "MulGradient": Grad("Mul", (3,), [(0, 0)], (0, 1)),
 }
+# Forward op types that Caffe2's gradient makers also emit as gradient ops (is_gradient_op set):
+# Reshape(dY, old_shape) -> (dX, dims) for Reshape; Split(dY, split_info) -> (dA, dB, ...) for Concat.
+GRADIENT_FORMS = {
+    "Reshape": Grad("Reshape", (2,), [(0, 0)], (0,)),
+    "Split": Grad("Concat", (2,), [(0, 0)], lambda fwd: tuple(range(len(fwd.input)))),
+}
+GRADIENT_OPS["ResizeLike"] = Grad("Flatten", (2,), [(0, 0)], (0,))  # ResizeLike(dY, X) -> dX for Flatten
+
+
+def gradient_spec(op):
+    """The :class:`Grad` of a gradient op, or None for any other op."""
+    spec = GRADIENT_OPS.get(op.type)
+    if spec is None and op.is_gradient_op:
+        spec = GRADIENT_FORMS.get(op.type)
+    return spec
+
+
 for _alias, _t in S.ALIASES.items():
     if _t + "Gradient" in GRADIENT_OPS:
         GRADIENT_OPS[_alias + "Gradient"] = GRADIENT_OPS[_t + "Gradient"]
@@ -100,7 +117,7 @@ for _alias, _t in S.ALIASES.items():
 
 def is_training_net(net) -> bool:
     """A net holding gradient or optimizer ops."""
-    return any(op.is_gradient_op or op.type in GRADIENT_OPS or op.type in OPTIMIZER_OPS for op in net.op)
+    return any(op.is_gradient_op or gradient_spec(op) or op.type in OPTIMIZER_OPS for op in net.op)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,7 +262,7 @@ def convert_training_net(train_net, init_net, value_info, *, rng="caffe2", seed=
     bad = Counter()
     for op in net.op:
         t = S.canonical(op.type)
-        if op.type in GRADIENT_OPS or op.type in OPTIMIZER_OPS or op.type in LOSS_OPS or op.type == "ConstantFill":
+        if gradient_spec(op) or op.type in OPTIMIZER_OPS or op.type in LOSS_OPS or op.type == "ConstantFill":
             continue
         if t == "SpatialBN":
             if len(op.output) not in (1, 5):
@@ -302,7 +319,7 @@ def convert_training_net(train_net, init_net, value_info, *, rng="caffe2", seed=
         where = _where(op, k)
         xin, xout = op_inputs[k], op_outputs[k]
         start = len(g.nodes)
-        if op.type in GRADIENT_OPS:
+        if gradient_spec(op):
             _lower_gradient(ctx, net, k, op, op_inputs, op_outputs, where)
         elif op.type in OPTIMIZER_OPS:
             _lower_optimizer(ctx, op, xin, xout, where)
@@ -330,6 +347,8 @@ def convert_training_net(train_net, init_net, value_info, *, rng="caffe2", seed=
     notes += ctx.notes
     model = _assemble(ctx, net, inputs, state, init_values, final, loss_blob, op_outputs, opset, ir_version,
                       name or net.name or "caffe2_train_net")
+    kept = {t.name for t in model.graph.initializer}
+    TR._set_meta(model, TR.CAFFE2_INIT_KEY, json.dumps({"constants": [b for b in consts if b in kept], "mutexes": mutexes}))
     if check:
         C.check_model(model)
     return model, notes
@@ -348,7 +367,7 @@ def _assemble(ctx, net, inputs, state, init_values, final, loss_blob, op_outputs
     outputs = [final[loss_blob]] + masks + [state_map[b] for b in state]
     inits = list(g.initializers) + [numpy_helper.from_array(np.ascontiguousarray(init_values[b]), b) for b in state]
     used = {n for node in g.nodes for n in node.input} | set(outputs)
-    inits = [t for t in inits if t.name in used or t.name in state_map]
+    inits = [t for t in inits if t.name in used or t.name in state_map or t.name in init_values]
     graph = helper.make_graph(
         g.nodes, graph_name,
         [helper.make_tensor_value_info(b, NUMPY_TO_ONNX[dt], list(sh)) for b, (dt, sh) in inputs.items()]
@@ -503,13 +522,17 @@ def _lower_spatial_bn_train(ctx, op, xin, xout, where):
         return
     # Caffe2's running statistics and saved outputs from the batch statistics
     axes_c = g.const(f"{y}_axes", np.asarray(axes, np.int64))
-    g.node("ReduceMean", [xin[0], axes_c], [mean_b], f"{mean_b}_op", keepdims=0)
+    inv_n = g.const(f"{y}_inv_n", np.asarray(1.0 / n, x.dtype))
+    sum_x, sum_sq = g.fresh(f"{y}_sum"), g.fresh(f"{y}_sq_sum")
+    g.node("ReduceSum", [xin[0], axes_c], [sum_x], f"{sum_x}_op", keepdims=0)
+    g.node("Mul", [sum_x, inv_n], [mean_b], f"{mean_b}_op")
     cshape = g.const(f"{y}_cshape", np.asarray([1, c] + [1] * (r - 2), np.int64))
     mean_c, centred, sq = g.fresh(f"{y}_mean_c"), g.fresh(f"{y}_centred"), g.fresh(f"{y}_sq")
     g.node("Reshape", [mean_b, cshape], [mean_c], f"{mean_c}_op")
     g.node("Sub", [xin[0], mean_c], [centred], f"{centred}_op")
     g.node("Mul", [centred, centred], [sq], f"{sq}_op")
-    g.node("ReduceMean", [sq, axes_c], [var_b], f"{var_b}_op", keepdims=0)
+    g.node("ReduceSum", [sq, axes_c], [sum_sq], f"{sum_sq}_op", keepdims=0)
+    g.node("Mul", [sum_sq, inv_n], [var_b], f"{var_b}_op")
     f = x.dtype
 
     def k(v, nm):
@@ -531,7 +554,7 @@ def _lower_spatial_bn_train(ctx, op, xin, xout, where):
     g.node("Add", [var_b, k(eps, "eps")], [ve], f"{ve}_op")
     g.node("Sqrt", [ve], [sd], f"{sd}_op")
     g.node("Reciprocal", [sd], [inv_std], f"{inv_std}_op")
-    for t in [mean_b, var_b, unb, a, b_, a2, b2, ve, sd, inv_std] + list(xout[1:]):
+    for t in [sum_x, sum_sq, mean_b, var_b, unb, a, b_, a2, b2, ve, sd, inv_std] + list(xout[1:]):
         g.infos[t] = Info(f, (c,))
 
 
@@ -557,7 +580,7 @@ def _find_forward(net, k, op, spec, where):
 
 
 def _lower_gradient(ctx, net, k, op, op_inputs, op_outputs, where):
-    spec = GRADIENT_OPS[op.type]
+    spec = gradient_spec(op)
     if len(op.input) not in spec.inputs:
         allowed = " or ".join(map(str, spec.inputs))
         raise TrainingNetError(f"{where}: {len(op.input)} input(s); Caffe2's {op.type} takes {allowed} "
@@ -566,7 +589,12 @@ def _lower_gradient(ctx, net, k, op, op_inputs, op_outputs, where):
     j = _find_forward(net, k, op, spec, where)
     fwd = net.op[j]
     slots = spec.outs(fwd)
-    if len(op.output) > len(slots):
+    extra = []
+    if spec.forward == ("Reshape",) and len(op.output) == 2:  # (dX, the shape dY had)
+        extra, op_outs = [op_outputs[k][1]], op_outputs[k][:1]
+    else:
+        op_outs = op_outputs[k]
+    if len(op_outs) > len(slots):
         raise TrainingNetError(f"{where}: {len(op.output)} output(s); the gradient of its {fwd.type} op #{j} has at most "
                                f"{len(slots)}")
     g = ctx.g
@@ -575,14 +603,18 @@ def _lower_gradient(ctx, net, k, op, op_inputs, op_outputs, where):
     for gs, fs in spec.dy:
         if op_inputs[k][gs] not in g.infos:
             raise TrainingNetError(f"{where}: its gradient input {op.input[gs]!r} is not computed by an earlier op")
-    wanted = [fin[s] for s in slots[: len(op.output)]]
+    wanted = [fin[s] for s in slots[: len(op_outs)]]
     start, end = ctx.op_nodes[j]
     ctx.types()
     try:
         grads = GR.backprop(ctx.e, g.nodes[start:end], seeds, wanted)
     except GR.UnsupportedGradientError as e:
         raise TrainingNetError(f"{where}: {e}") from None
-    for out, src_slot, gname in zip(op_outputs[k], slots, (grads[w] for w in wanted)):
+    for out in extra:
+        dims = np.asarray(g.infos[fout[0]].shape, np.int64)
+        g.node("Constant", [], [out], f"{out}_dims", value=numpy_helper.from_array(dims))
+        g.infos[out] = Info(dims.dtype, dims.shape)
+    for out, src_slot, gname in zip(op_outs, slots, (grads[w] for w in wanted)):
         info = g.infos[fin[src_slot]]
         if gname is None:
             g.node("Constant", [], [out], f"{out}_zero", value=numpy_helper.from_array(np.zeros(info.shape, info.dtype)))
