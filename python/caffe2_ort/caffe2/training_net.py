@@ -513,10 +513,15 @@ def _lower_spatial_bn_train(ctx, op, xin, xout, where):
     axes = [0] + list(range(2, r))
     n = int(np.prod([x.shape[a] for a in axes]))
     mean_b, var_b = g.fresh(f"{y}_batch_mean"), g.fresh(f"{y}_batch_var")
-    rm_onnx, rv_onnx = g.fresh(f"{y}_running_mean_onnx"), g.fresh(f"{y}_running_var_onnx")
-    g.node("BatchNormalization", xin[:5], [y, rm_onnx, rv_onnx], f"{y}_bn", epsilon=eps, momentum=mom, training_mode=1)
+    # ONNX BatchNormalization for Y (its training form normalises with the batch statistics). Its running
+    # statistics are not Caffe2's (biased variance) and ORT may write them over its inputs' buffers, so
+    # it gets placeholder statistics and its running outputs go unused; Caffe2's are computed below.
+    placeholders = [g.const(f"{y}_unused_mean", np.zeros(c, x.dtype)), g.const(f"{y}_unused_var", np.ones(c, x.dtype))]
+    unused = [g.fresh(f"{y}_unused_running_mean"), g.fresh(f"{y}_unused_running_var")]
+    g.node("BatchNormalization", xin[:3] + placeholders, [y] + unused, f"{y}_bn", epsilon=eps, momentum=mom,
+           training_mode=1)
     g.infos[y] = x
-    for t in (rm_onnx, rv_onnx):
+    for t in unused:
         g.infos[t] = Info(x.dtype, (c,))
     if len(xout) == 1:
         return
