@@ -229,6 +229,15 @@ def test_onnx_dropout_training_mode():
     check_against_torch([node], {"X": rnd(27, 3, 40)}, "Y", consts=consts, masks_from={"Y": "m"})
 
 
+def test_onnx_dropout_inference_mode_and_missing_mask():
+    node = h.make_node("Dropout", ["X", "ratio"], ["Y"])
+    check_against_torch([node], {"X": rnd(27, 3, 5)}, "Y", consts={"ratio": np.array(0.25, np.float32)})
+    node = h.make_node("Dropout", ["X", "ratio", "tm"], ["Y"])  # training, no mask output: one is added
+    out, _, train = check_against_torch([node], {"X": rnd(28, 3, 40)}, "Y", masks_from={"Y": "Y_mask"},
+                                        consts={"ratio": np.array(0.5, np.float32), "tm": np.array(True)})
+    assert 0 < out["Y_mask"].mean() < 1
+
+
 def test_cast_float_and_integer_ops_pass_through():
     params = {"X": rnd(28, 3, 4)}
     nodes = [h.make_node("Shape", ["X"], ["shp"]), h.make_node("Reshape", ["X", "shp"], ["r"]),

@@ -174,7 +174,7 @@ def torch_step_time(forward, params, feeds, threads, reps, lr=0.001, momentum=0.
                 m = moms[p]
                 m.mul_(momentum).add_(v.grad, alpha=lr)
                 v.sub_(m)
-        return float(loss)
+        return loss.item()
 
     return _median(step, reps)
 

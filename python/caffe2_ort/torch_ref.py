@@ -129,7 +129,8 @@ class TorchGraph:
         self.inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
 
     def tensor(self, arr):
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        arr = np.ascontiguousarray(arr)
+        t = torch.from_numpy(arr if arr.flags.writeable else arr.copy())
         if self.dtype is not None and t.is_floating_point():
             t = t.to(self.dtype)
         return t

@@ -209,7 +209,6 @@ def inference_model(model, state_values=None, outputs=None):
             needed.update(i for i in n.input if i)
     keep.reverse()
     types = _infer(model)
-    names = _Names(g)
     for n in keep:
         if n.op_type == "Dropout" and n.domain == DOMAIN:
             _set_attr(n, "is_test", 1)
@@ -248,7 +247,6 @@ def inference_model(model, state_values=None, outputs=None):
     props = [p for p in model.metadata_props if p.key not in (STATE_KEY, LOSS_KEY, INFERENCE_KEY)]
     del model.metadata_props[:]
     model.metadata_props.extend(props)
-    del names
     return model
 
 
