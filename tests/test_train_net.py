@@ -220,3 +220,15 @@ def test_data_reader_outputs_become_fed_inputs():
     assert [i.name for i in model.graph.input][:2] == ["x", "label"]
     with pytest.raises(TrainingNetError, match="TensorProtosDBInput op: its output\\(s\\) 'label' become fed inputs"):
         convert_training_net(net, init, {"x": (np.float32, (2, 4))})
+
+
+def test_accuracy_and_stop_gradient():
+    tail = [("Accuracy", ["sm", "label"], ["accuracy"]), ("StopGradient", ["sm"], ["sm_stopped"])] + GOOD_TAIL
+    net, init = _tiny(tail)
+    model, _ = convert_training_net(net, init, {"x": (np.float32, (2, 4)), "label": (np.int32, (2,))})
+    sess = TrainingSession(model)
+    x = np.array([[1, 0, 0, 0], [0, 0, 0, 1]], np.float32)
+    out = sess.step({"x": x, "label": np.array([0, 0], np.int32)})
+    assert out["accuracy"].shape == () and float(out["accuracy"]) == 1.0  # all-equal logits: argmax picks class 0
+    out = sess.step({"x": x, "label": np.array([1, 1], np.int32)})
+    assert float(out["accuracy"]) == 0.0

@@ -364,7 +364,8 @@ def _assemble(ctx, net, inputs, state, init_values, final, loss_blob, op_outputs
     for b in state:
         if final[b] == b:
             raise TrainingNetError(f"state blob {b!r} is read but never rewritten")
-    outputs = [final[loss_blob]] + masks + [state_map[b] for b in state]
+    metrics = [op_outputs[k][0] for k, op in enumerate(net.op) if op.type == "Accuracy"]
+    outputs = [final[loss_blob]] + masks + metrics + [state_map[b] for b in state]
     inits = list(g.initializers) + [numpy_helper.from_array(np.ascontiguousarray(init_values[b]), b) for b in state]
     used = {n for node in g.nodes for n in node.input} | set(outputs)
     inits = [t for t in inits if t.name in used or t.name in state_map or t.name in init_values]
