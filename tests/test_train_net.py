@@ -232,3 +232,34 @@ def test_accuracy_and_stop_gradient():
     assert out["accuracy"].shape == () and float(out["accuracy"]) == 1.0  # all-equal logits: argmax picks class 0
     out = sess.step({"x": x, "label": np.array([1, 1], np.int32)})
     assert float(out["accuracy"]) == 0.0
+
+
+def test_momentum_sgd_without_the_parameter():
+    """MomentumSGD(g, m, lr) -> (g, m): adjusted = lr g + mu m, then WeightedSum(w, ONE, g, MINUS_ONE)."""
+    tail = GOOD_TAIL[:4] + [
+        ("MomentumSGD", ["w_grad", "w_momentum", "lr"], ["w_grad", "w_momentum"], {"momentum": 0.9}),
+        ("WeightedSum", ["w", "ONE", "w_grad", "MINUS_ONE"], ["w"]),
+    ]
+    tail[3] = ("LearningRate", ["it"], ["lr"], {"base_lr": 0.1, "policy": "step", "stepsize": 1, "gamma": 0.5})
+    net, init = _tiny(tail, init_extra=[
+        ("GivenTensorFill", [], ["w_momentum"], {"shape": [3, 4], "values": [0.0] * 12}),
+        ("GivenTensorFill", [], ["MINUS_ONE"], {"shape": [1], "values": [-1.0]}),
+    ])
+    net.external_input.append("MINUS_ONE")
+    model, _ = convert_training_net(net, init, {"x": (np.float32, (2, 4)), "label": (np.int32, (2,))})
+    sess = TrainingSession(model)
+    x = np.arange(8, dtype=np.float32).reshape(2, 4) / 8
+    lab = np.array([0, 2], np.int32)
+    w, b, m = np.full((3, 4), 0.1), np.zeros(3), np.zeros((3, 4))
+    for step in range(3):
+        sess.step({"x": x, "label": lab})
+        z = x @ w.T + b
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        dz = (p - np.eye(3)[lab]) / 2
+        lr = 0.1 * 0.5 ** (step + 1)  # the step policy at iter = step + 1
+        m = lr * (dz.T @ x) + 0.9 * m
+        w = w - m
+        np.testing.assert_allclose(sess.state()["w_momentum"], m, rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(sess.state()["w"], w, rtol=1e-5, atol=1e-8)
+    assert "b" not in sess.state()  # nothing updates b here: it is a constant
