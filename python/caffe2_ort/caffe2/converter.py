@@ -26,7 +26,7 @@ from onnx import helper, numpy_helper
 
 from . import ops
 from . import shapes as S
-from .errors import ArgumentError, Caffe2Error, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError
+from .errors import Caffe2Error, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError
 from . import netdef
 from .limits import Budget, check_shape
 from .netdef import NUMPY_TO_ONNX, Args, evaluate_init_net

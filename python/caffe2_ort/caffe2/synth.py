@@ -28,7 +28,7 @@ import numpy as np
 from . import ops
 from . import schema
 from . import shapes as S
-from .errors import Caffe2Error, MissingValueInfoError, ShapeError, UnsupportedOpsError
+from .errors import Caffe2Error, ShapeError, UnsupportedOpsError
 from .limits import Budget
 from .netdef import Args, make_given_fill
 

@@ -35,7 +35,7 @@ from . import shapes as S
 from .errors import Caffe2Error, FillError, ShapeError, UnsupportedOpsError
 from .limits import Budget, check_shape
 from .netdef import NUMPY_TO_ONNX, Args
-from .shapes import Info, need
+from .shapes import Info
 
 
 class TrainingNetError(Caffe2Error):
@@ -589,9 +589,8 @@ def _lower_gradient(ctx, net, k, op, op_inputs, op_outputs, where):
     spec = gradient_spec(op)
     if len(op.input) not in spec.inputs:
         allowed = " or ".join(map(str, spec.inputs))
-        raise TrainingNetError(f"{where}: {len(op.input)} input(s); Caffe2's {op.type} takes {allowed} "
-                               f"(its output {op.output[0]!r} cannot be computed)" if op.output else
-                               f"{where}: {len(op.input)} input(s); Caffe2's {op.type} takes {allowed}")
+        outs = f" (computing {', '.join(map(repr, op.output))})" if op.output else ""
+        raise TrainingNetError(f"{where}: {len(op.input)} input(s); Caffe2's {op.type} takes {allowed}{outs}")
     j = _find_forward(net, k, op, spec, where)
     fwd = net.op[j]
     slots = spec.outs(fwd)
