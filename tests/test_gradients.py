@@ -19,7 +19,10 @@ def rnd(seed, *shape, scale=1.0):
     ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (2, 3, 7, 6)),
     ((3, 2), (2, 3), (1, 1), (0, 1, 2, 0), 1, (2, 2, 9, 8)),
     ((3, 3), (2, 2), (2, 1), (1, 0, 0, 1), 2, (1, 4, 11, 9)),
-    ((11, 11), (4, 4), (1, 1), (0, 0, 0, 0), 1, (2, 3, 27, 27)),
+    ((11, 11), (4, 4), (1, 1), (0, 0, 0, 0), 1, (2, 3, 27, 27)),  # dW by SpaceToDepth
+    ((11, 11), (4, 4), (1, 1), (0, 0, 0, 0), 1, (2, 3, 30, 29)),  # ... with rows no window reads
+    ((5, 5), (2, 2), (1, 1), (2, 1, 1, 2), 1, (2, 3, 12, 13)),  # ... with pads
+    ((7, 7), (1, 1), (1, 1), (3, 3, 3, 3), 2, (1, 4, 9, 9)),  # dW as a Conv with dY as the kernel
     ((1, 1), (2, 2), (1, 1), (0, 0, 0, 0), 1, (2, 5, 6, 6)),
     ((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 4, (2, 8, 5, 5)),
     ((5,), (2,), (1,), (2, 1), 1, (2, 3, 12)),
@@ -34,7 +37,9 @@ def test_conv(case):
     params = {"X": rnd(seed, *xs), "W": rnd(seed + 1, o, xs[1] // g, *k), "B": rnd(seed + 2, o)}
     node = h.make_node("Conv", ["X", "W", "B"], ["Y"], kernel_shape=list(k), strides=list(s), dilations=list(d),
                        pads=list(pads), group=g)
-    check_against_torch([node], params, "Y")
+    _, _, train = check_against_torch([node], params, "Y")
+    ops = {n.op_type for n in train.graph.node}
+    assert ("SpaceToDepth" in ops) == (np.prod(k) > 9 and len(k) == 2 and s[0] > 1 and g == 1)
 
 
 @pytest.mark.parametrize("case", [

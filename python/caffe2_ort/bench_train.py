@@ -7,7 +7,8 @@ default width (16, FC 32) and at ``x4``, batch 8, float32. The step: forward wit
 Dropout, SoftmaxCrossEntropyLoss on the logits, backward, momentum SGD (Caffe2's MomentumSGDUpdate).
 ORT runs the training-step model through :class:`caffe2_ort.training.TrainingSession`; PyTorch runs
 the same ONNX forward op by op (:mod:`caffe2_ort.torch_ref`), ``backward()`` and the same update with
-in-place tensor ops. Both with 1 and 2 intra-op threads; medians of timed steps after a warm-up.
+in-place tensor ops. Both with 1 and 2 intra-op threads; medians of timed steps after a warm-up,
+ORT and PyTorch steps alternating so that load changes on a shared machine hit both alike.
 ``--train-profile`` adds where ORT's step time goes, by op type, forward and backward apart.
 """
 
@@ -125,18 +126,23 @@ def build(name, width_mult, batch, zoo=None, seed=0):
     return forward, step, feeds
 
 
-def _median(fn, reps, warmup=1):
+def _interleaved(fns, reps, warmup=1):
+    """Median seconds of each callable, timed in alternation (one step of each per round) so that a
+    load change on a shared machine hits every side alike."""
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns:
+            fn()
+    times = [[] for _ in fns]
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for t, fn in zip(times, fns):
+            t0 = time.perf_counter()
+            fn()
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
-def ort_step_time(step_model, feeds, threads, reps, profile=False):
+def ort_stepper(step_model, feeds, threads, profile=False):
+    """(step function, session) of the training-step model in a TrainingSession with ``threads`` threads."""
     import onnxruntime as ort
 
     from . import training as T
@@ -145,26 +151,27 @@ def ort_step_time(step_model, feeds, threads, reps, profile=False):
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # steps alternate with PyTorch's: idle ORT threads must not spin while torch runs
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile:
         so.enable_profiling = True
     sess = T.TrainingSession(step_model, session_options=so)
-    t = _median(lambda: sess.step(feeds), reps)
-    prof = sess.session.end_profiling() if profile else None
-    return t, prof
+    return (lambda: sess.step(feeds)), sess
 
 
-def torch_step_time(forward, params, feeds, threads, reps, lr=0.001, momentum=0.9):
+def torch_stepper(forward, params, feeds, threads, lr=0.001, momentum=0.9):
+    """A step function running the same forward in torch, backward() and Caffe2's momentum update."""
     import torch
 
     from .torch_ref import TorchGraph
 
-    torch.set_num_threads(threads)
     tg = TorchGraph(forward, sample_dropout=True)
     leaves = {p: tg.tensor(tg.inits[p]).clone().requires_grad_(True) for p in params}
     moms = {p: torch.zeros_like(v) for p, v in leaves.items()}
     tfeeds = {k: torch.from_numpy(v) for k, v in feeds.items()}
 
     def step():
+        torch.set_num_threads(threads)
         for v in leaves.values():
             v.grad = None
         loss = tg.run(tfeeds, leaves=leaves)["loss"]
@@ -176,7 +183,7 @@ def torch_step_time(forward, params, feeds, threads, reps, lr=0.001, momentum=0.
                 v.sub_(m)
         return loss.item()
 
-    return _median(step, reps)
+    return step
 
 
 def profile_summary(path, forward_names, top=8):
@@ -208,13 +215,15 @@ def measure(nets, widths, threads, batch, reps, zoo=None, use_torch=True, profil
             params = [s for s in state if s in init_names]
             fwd_names = {n.name for n in forward.graph.node}
             for t in threads:
-                o, prof = ort_step_time(step, feeds, t, reps, profile)
-                row = {"net": name, "width": f"x{w}", "threads": t, "batch": batch, "ort_ms": o * 1e3}
+                ort_step, sess = ort_stepper(step, feeds, t, profile)
+                fns = [ort_step] + ([torch_stepper(forward, params, feeds, t)] if use_torch else [])
+                got = _interleaved(fns, reps)
+                row = {"net": name, "width": f"x{w}", "threads": t, "batch": batch, "ort_ms": got[0] * 1e3}
                 if use_torch:
-                    row["torch_ms"] = torch_step_time(forward, params, feeds, t, reps) * 1e3
+                    row["torch_ms"] = got[1] * 1e3
                     row["ratio"] = row["ort_ms"] / row["torch_ms"]
-                if prof:
-                    row["profile"] = profile_summary(prof, fwd_names)
+                if profile:
+                    row["profile"] = profile_summary(sess.session.end_profiling(), fwd_names)
                 rows.append(row)
                 log(format_row(row), flush=True)
     return rows
@@ -233,7 +242,10 @@ HEADER = f"{'net':<9} {'width':>5} {'threads':>7} {'ORT ms':>11} {'PyTorch ms':>
 
 
 def run(args) -> int:
+    import os
+
     use_torch = not args.no_torch
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # likewise torch's OpenMP threads, while ORT runs
     if use_torch:
         try:
             import torch  # noqa: F401

@@ -638,6 +638,10 @@ def conv_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, grou
     xs, ys = tuple(xs), tuple(ys)
     if int(np.prod(k_shape)) <= OFFSET_KERNEL_LIMIT:
         return _offset_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, group, base)
+    st = strides[0] if strides else 1
+    if (len(k_shape) == 2 and group == 1 and st > 1 and all(v == st for v in strides) and all(v == 1 for v in dilations)
+            and int(np.prod([-(-k // st) for k in k_shape])) <= OFFSET_KERNEL_LIMIT):
+        return _space_to_depth_weight_grad(e, x, xs, dy, ys, k_shape, st, pb, pe, base)
     n, c, o, g = xs[0], xs[1], ys[1], group
     cg, og = c // g, o // g
     sp = list(range(2, len(xs)))
@@ -657,6 +661,34 @@ def conv_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, grou
         wt = e.node("Slice", [wt, e.ints([0] * r, f"{base}_starts"), e.ints(k_shape, f"{base}_ends"),
                               e.ints(list(range(2, 2 + r)), f"{base}_axes")], f"{base}_cw_sliced")
     return e.transpose(wt, [1, 0] + sp, base)
+
+
+def _space_to_depth_weight_grad(e, x, xs, dy, ys, k_shape, st, pb, pe, base):
+    """Strided large kernels (AlexNet's 11x11/4): SpaceToDepth turns the conv into a stride-1 conv with a
+    ceil(k/s) kernel over C*s*s channels, whose dW comes by kernel offsets; then back to W's layout."""
+    n, c = xs[0], xs[1]
+    o = ys[1]
+    kq = [-(-k // st) for k in k_shape]
+    size = [(ys[2 + i] - 1 + kq[i]) * st for i in range(2)]  # rows the blocked conv reads
+    extra = [size[i] - (xs[2 + i] + pb[i] + pe[i]) for i in range(2)]
+    xp = x
+    if any(pb) or any(pe) or any(v > 0 for v in extra):
+        pads = [0, 0, pb[0], pb[1], 0, 0, pe[0] + max(extra[0], 0), pe[1] + max(extra[1], 0)]
+        xp = e.node("Pad", [x, e.ints(pads, f"{base}_s2d_pads")], f"{base}_s2d_padded")
+    if any(v < 0 for v in extra):
+        xp = e.node("Slice", [xp, e.ints([0, 0], f"{base}_s2d_st"), e.ints(size, f"{base}_s2d_en"),
+                              e.ints([2, 3], f"{base}_s2d_ax")], f"{base}_s2d_cropped")
+    blocked = e.node("SpaceToDepth", [xp], f"{base}_s2d", blocksize=st)  # (N, s*s*C, size/s, size/s)
+    bs = (n, st * st * c, size[0] // st, size[1] // st)
+    dwb = _offset_weight_grad(e, blocked, bs, dy, ys, kq, [1, 1], [1, 1], [0, 0], [0, 0], 1, f"{base}_s2d_dw")
+    # dwb[o, (b1*s + b2)*C + c, i, j] = dW[o, c, i*s + b1, j*s + b2]
+    w6 = e.reshape(dwb, (o, st, st, c, kq[0], kq[1]), f"{base}_s2d_w6")
+    w6 = e.transpose(w6, [0, 3, 4, 1, 5, 2], f"{base}_s2d_wt")  # (O, C, i, b1, j, b2)
+    full = e.reshape(w6, (o, c, kq[0] * st, kq[1] * st), f"{base}_s2d_full")
+    if [kq[0] * st, kq[1] * st] == list(k_shape):
+        return full
+    return e.node("Slice", [full, e.ints([0, 0], f"{base}_k_st"), e.ints(k_shape, f"{base}_k_en"),
+                            e.ints([2, 3], f"{base}_k_ax")], base)
 
 
 def _offset_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, group, base):
