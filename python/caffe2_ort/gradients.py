@@ -206,6 +206,39 @@ def emit_gradient(node, dys, needs, *, types, names, opset=EMIT_OPSET, constants
     return e.nodes, grads
 
 
+def backprop(e, nodes, seeds, wanted):
+    """Chain the registered rules backwards through ``nodes`` (a forward sub-graph, in order) on Emitter ``e``.
+
+    ``seeds``: ``{forward tensor: its upstream gradient}``; returns ``{t: gradient or None}`` for each
+    tensor of ``wanted``. This is how a Caffe2 gradient op (FCGradient, ConvGradient, ...) is lowered: the
+    nodes its forward op was converted to, differentiated by the same rules :func:`add_backward` uses.
+    """
+    partial = {t: [g] for t, g in seeds.items()}
+
+    def grad_of(t):
+        parts = partial.get(t)
+        if not parts:
+            return None
+        if len(parts) > 1:
+            partial[t] = [e.node("Sum", parts, f"{t}_grad_sum")]
+        return partial[t][0]
+
+    for n in reversed(list(nodes)):
+        if _key(n) in NO_GRADIENT:
+            continue
+        dys = [grad_of(o) if o else None for o in n.output]
+        if all(d is None for d in dys):
+            continue
+        fn = RULES.get(_key(n))
+        if fn is None:
+            raise UnsupportedGradientError({_op_label(*_key(n)): [n.name or n.output[0]]})
+        needs = [bool(i) and _is_float(e.types, i) for i in n.input]
+        for i, gname in zip(n.input, fn(e, n, dys, needs)):
+            if gname is not None and i:
+                partial.setdefault(i, []).append(gname)
+    return {t: grad_of(t) for t in wanted}
+
+
 # ----------------------------------------------------------------------------------------------------------
 # elementwise and linear algebra
 
@@ -231,6 +264,25 @@ def _relu(e, n, dys, needs):
     pos = e.node("Greater", [y, e.scalar(0, y, "zero")], f"{n.input[0]}_relu_pos")
     posf = e.node("Cast", [pos], f"{n.input[0]}_relu_pos_f", to=e.elem(y))
     return [e.node("Mul", [dys[0], posf], f"{n.input[0]}_grad")]
+
+
+@rule("Log")
+def _log(e, n, dys, needs):
+    return [e.node("Div", [dys[0], n.input[0]], f"{n.input[0]}_grad")]
+
+
+@rule("Clip")
+def _clip(e, n, dys, needs):
+    """dY where min <= X <= max (bounds from constant inputs; absent bounds are open)."""
+    x = n.input[0]
+    keep = None
+    for slot, op in ((1, "GreaterOrEqual"), (2, "LessOrEqual")):
+        if len(n.input) > slot and n.input[slot]:
+            inside = e.node(op, [x, n.input[slot]], f"{x}_clip_{op}")
+            keep = inside if keep is None else e.node("And", [keep, inside], f"{x}_clip_inside")
+    if keep is None:
+        return [dys[0]]
+    return [e.node("Mul", [dys[0], e.node("Cast", [keep], f"{x}_clip_inside_f", to=e.elem(x))], f"{x}_grad"), None, None]
 
 
 @rule("Sigmoid")

@@ -33,6 +33,8 @@ from .graph import _Names, _attrs, _infer, _set_attr
 STATE_KEY = "caffe2_ort.training_state"
 LOSS_KEY = "caffe2_ort.loss"
 INFERENCE_KEY = "caffe2_ort.inference_outputs"
+# written by the Caffe2 training-net converter, read by TrainingSession.save_init_net:
+CAFFE2_INIT_KEY = "caffe2_ort.caffe2_init"  # JSON {"constants": [initializer...], "mutexes": [blob...]}
 ITERATION = "optimizer_iteration"
 
 
@@ -334,6 +336,26 @@ class TrainingSession:
                 raise ValueError(f"state {k!r}: expected {cur.numpy().dtype}{list(cur.shape())}, got {v.dtype}{list(v.shape)}")
             new[k] = self._to_device(v)
         self._state = new
+
+    def save_init_net(self, path):
+        """Write the current state as a Caffe2 init net (``.pb``, or text for ``.pbtxt``): one
+        ``GivenTensor*Fill`` per state tensor, the constants the Caffe2 net reads (``ONE``, ...) and its
+        ``CreateMutex`` ops, so real Caffe2 loads it and continues training from this state."""
+        from .caffe2 import netdef, schema
+
+        meta = {p.key: p.value for p in self.model.metadata_props}
+        extra = json.loads(meta.get(CAFFE2_INIT_KEY, "{}"))
+        inits = {t.name: t for t in self.model.graph.initializer}
+        net = schema.NetDef(name="init_net")
+        for name, value in self.state().items():
+            net.op.append(netdef.make_given_fill(name, value))
+        for name in extra.get("constants", []):
+            net.op.append(netdef.make_given_fill(name, numpy_helper.to_array(inits[name])))
+        for name in extra.get("mutexes", []):
+            net.op.add(type="CreateMutex", output=[name])
+        net.external_output.extend(o for op in net.op for o in op.output)
+        netdef.write_netdef(net, path)
+        return net
 
     def export(self, path=None, outputs=None):
         """The inference model with the trained state (see :func:`inference_model`); saved when ``path`` is given."""
