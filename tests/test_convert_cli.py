@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -418,7 +419,8 @@ def test_check_verbose_is_accepted():
 
     args = top.build_parser().parse_args(["check", "--verbose"])
     assert args.verbose is True and args.func is not None
-    env = dict(os.environ, PYTHONPATH=str(REPO / "python"))
+    # the child imports the same caffe2_ort (installed, or the dev tree with its lib/) as this process
+    env = dict(os.environ, PYTHONPATH=str(Path(top.__file__).resolve().parents[1]))
     r = subprocess.run([sys.executable, "-m", "caffe2_ort", "check", "--verbose"], cwd=REPO, capture_output=True, text=True,
                        env=env, timeout=300)  # fmt: skip
     assert r.returncode == 0 and "all checks passed" in r.stdout, r.stdout + r.stderr
