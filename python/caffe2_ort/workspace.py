@@ -326,22 +326,51 @@ def _signature(reads, what):
 
 
 class _Compiled:
-    """One conversion of a net for one input signature: the ONNX model bytes and its name maps."""
+    """One conversion of a net for one input signature: the ONNX model bytes and its name maps.
+
+    Every blob the workspace holds that the net reads is a graph input; the converted model's outputs
+    are then widened to every blob the net writes (their last versions), so that intermediates can be
+    fetched afterwards. A blob the converter computes no value for (LRN's unused scale output) stays
+    unwritten: ``unwritten`` lists them."""
 
     def __init__(self, net, sig, rng, what):
-        reads, writes = _reads_writes(net)
+        _, writes = _reads_writes(net)
+        value_info = {b: (np.dtype(dt), shape) for b, dt, shape in sig}
         body = schema.NetDef()
         body.CopyFrom(net)
-        del body.external_output[:]  # every written blob becomes an output below
-        value_info = {b: (np.dtype(dt), shape) for b, dt, shape in sig}
+        # an external output that the net also reads first (an in-place update) is added below
+        keep = [b for b in net.external_output if b not in value_info]
+        del body.external_output[:]
+        body.external_output.extend(keep)
         try:
-            conv = convert(body, value_info=value_info, rng=rng, extra_outputs=writes, name=net.name or "workspace_net")
+            conv = convert(body, value_info=value_info, rng=rng, name=net.name or "workspace_net")
         except Caffe2Error as e:
             raise WorkspaceError(f"{what}: {e}") from None
-        self.model = conv.model.SerializeToString()
+        model = conv.model
+        self.outputs = _widen_outputs(model, conv, writes)
+        self.unwritten = [b for b in writes if b not in {c2 for _, c2 in self.outputs}]
+        self.model = model.SerializeToString()
         self.inputs = list(conv.inputs)
-        by_onnx = {onnx_name: b for b, onnx_name in conv.names.items()}
-        self.outputs = [(o, by_onnx[o]) for o in conv.outputs if o in by_onnx]
+
+
+def _widen_outputs(model, conv, writes):
+    """Make the last version of every written blob a graph output of ``model`` (in place); returns
+    ``[(onnx name, blob)]`` for every output that holds a blob."""
+    import onnx
+
+    graph = model.graph
+    produced = {o for node in graph.node for o in node.output if o}
+    present = {o.name for o in graph.output}
+    wanted = [(conv.names[b], b) for b in writes if b in conv.names and conv.names[b] in produced]
+    missing = [o for o, _ in wanted if o not in present]
+    if missing:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        infos = {vi.name: vi for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+        for o in missing:
+            if o in infos and infos[o].type.tensor_type.elem_type:
+                graph.output.append(infos[o])
+    present = {o.name for o in graph.output}
+    return [(o, b) for o, b in wanted if o in present]
 
 
 def _compiled(net, sig, rng, what):
