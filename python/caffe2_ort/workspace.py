@@ -36,7 +36,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .caffe2 import Caffe2Error, convert, schema
+from .caffe2 import Caffe2Error, UnsupportedOpsError, convert, schema
 from .caffe2 import netdef as _netdef
 from .caffe2.netdef import FILL_OPS, Args, evaluate_fill
 
@@ -314,15 +314,21 @@ def _check_inputs(net, what):
         known.update(op.output)
 
 
-def _signature(reads, what):
-    sig = []
+def _signature(reads):
+    """``(b, dtype, shape)`` of every tensor blob the net reads, and the names of the other blobs
+    it reads (strings, mutexes, unwritten blobs), which no converted net can take."""
+    sig, other = [], []
     for b in reads:
         value = _blobs[b]
-        if not isinstance(value, np.ndarray):
-            kind = "a string" if isinstance(value, bytes) else f"a native {value.type_name}"
-            raise WorkspaceError(f"{what}: blob {b!r} holds {kind}, not a tensor; the converted net cannot read it")
-        sig.append((b, value.dtype.str, tuple(value.shape)))
-    return tuple(sig)
+        if isinstance(value, np.ndarray):
+            sig.append((b, value.dtype.str, tuple(value.shape)))
+        else:
+            other.append(b)
+    return tuple(sig), tuple(other)
+
+
+def _describe(value) -> str:
+    return "a string" if isinstance(value, bytes) else f"a C++ native class of type {value.type_name}"
 
 
 class _Compiled:
@@ -333,7 +339,7 @@ class _Compiled:
     fetched afterwards. A blob the converter computes no value for (LRN's unused scale output) stays
     unwritten: ``unwritten`` lists them."""
 
-    def __init__(self, net, sig, rng, what):
+    def __init__(self, net, sig, other, rng, what):
         _, writes = _reads_writes(net)
         value_info = {b: (np.dtype(dt), shape) for b, dt, shape in sig}
         body = schema.NetDef()
@@ -344,7 +350,12 @@ class _Compiled:
         body.external_output.extend(keep)
         try:
             conv = convert(body, value_info=value_info, rng=rng, name=net.name or "workspace_net")
+        except UnsupportedOpsError as e:
+            raise WorkspaceError(f"{what}: {e}") from None
         except Caffe2Error as e:
+            if other:  # the converter's complaint is about a blob it was given no tensor for
+                b = other[0]
+                raise WorkspaceError(f"{what}: blob {b!r} holds {_describe(_blobs[b])}, not a tensor; a converted net reads only tensors") from None
             raise WorkspaceError(f"{what}: {e}") from None
         model = conv.model
         self.outputs = _widen_outputs(model, conv, writes)
@@ -373,11 +384,11 @@ def _widen_outputs(model, conv, writes):
     return [(o, b) for o, b in wanted if o in present]
 
 
-def _compiled(net, sig, rng, what):
-    key = (net.SerializeToString(deterministic=True), sig, rng)
+def _compiled(net, sig, other, rng, what):
+    key = (net.SerializeToString(deterministic=True), sig, other, rng)
     hit = _models.get(key)
     if hit is None:
-        hit = _Compiled(net, sig, rng, what)
+        hit = _Compiled(net, sig, other, rng, what)
         _models[key] = hit
         if len(_models) > _MODEL_CACHE_SIZE:
             _models.popitem(last=False)
@@ -420,16 +431,18 @@ class _Net:
         self.what = f"net {net.name!r}"
         self.native = _is_native(net)
         self.reads, _ = _reads_writes(net)
-        self.compiled = self.sess = None
+        self.compiled = self.sess = self.sig = None
         self.runs = 0
 
     def prepare(self):
-        sig = _signature(self.reads, self.what)
+        sig, other = _signature(self.reads)
         if self.compiled is not None and self.sig == sig:
             return
         if self.runs:
             now = {b: (dt, sh) for b, dt, sh in sig}
             for b, dt, shape in self.sig:
+                if b not in now:
+                    raise WorkspaceError(f"{self.what}: blob {b!r} holds {_describe(_blobs[b])} now, the net was converted for a tensor")
                 if now[b] != (dt, shape):
                     raise WorkspaceError(
                         f"{self.what}: blob {b!r} is now {np.dtype(now[b][0])} of shape {list(now[b][1])}, the net was "
@@ -437,7 +450,7 @@ class _Net:
                         "CreateNet(net, overwrite=True) converts it again, with fresh operator state)"
                     )
         self.sig = sig
-        self.compiled = _compiled(self.net, sig, self.rng, self.what)
+        self.compiled = _compiled(self.net, sig, other, self.rng, self.what)
         self.sess = _session(self.compiled)
 
     def run(self):
@@ -458,7 +471,7 @@ def _run_once(net, rng, what):
         _run_native(net)
         return True
     reads, _ = _reads_writes(net)
-    compiled = _compiled(net, _signature(reads, what), rng, what)
+    compiled = _compiled(net, *_signature(reads), rng, what)
     _run_session(_session(compiled), compiled, what)  # a fresh session: fresh operator state
     return True
 
