@@ -20,7 +20,7 @@ $(VENV)/.created:
 	touch $@
 
 install: $(VENV)/.created
-	$(PIP) install -q ".[test]"
+	$(PIP) install -q ".[test,autodiff,plot]"
 
 # The CUDA plugin (CPU + CUDA kernels in one library), built into build/cuda and installed next to the
 # CPU one in the venv's caffe2_ort/lib (its RUNPATH finds the nvidia-cudnn-cu13 wheel from there).

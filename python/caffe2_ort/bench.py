@@ -27,6 +27,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--min-time", type=float, default=0.4, help="seconds of timed runs per measurement")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch even when it is installed")
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
+    from .bench_train import add_arguments as add_training_arguments
+
+    add_training_arguments(parser)  # --training and its --train-* options
 
 
 def _median_time(fn, min_time: float, min_reps: int = 5, warmup: int = 2) -> float:
@@ -168,6 +171,10 @@ def format_table(rows) -> str:
 
 
 def run_bench(args) -> int:
+    if getattr(args, "training", False):
+        from .bench_train import run
+
+        return run(args)
     rows = measure(args.sizes, args.threads, args.min_time, use_torch=not args.no_torch)
     if args.json:
         print(json.dumps(rows, indent=2))

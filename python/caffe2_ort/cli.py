@@ -18,6 +18,12 @@ def _bench(args) -> int:
     return run_bench(args)
 
 
+def _train(args) -> int:
+    from .train_cli import run
+
+    return run(args)
+
+
 def _converter_cli():
     try:
         from .caffe2 import cli
@@ -39,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="load the plugin in ONNX Runtime, run both ops, report versions and failures")
     check.add_argument("--verbose", action="store_true", help="print the traceback of each failed check")
     check.set_defaults(func=_check)
+
+    from .train_cli import add_arguments as add_train_arguments
+
+    train = sub.add_parser("train", help="train a model in ONNX Runtime: a training-step model, or a model plus a loss")
+    add_train_arguments(train)
+    train.set_defaults(func=_train)
 
     from .bench import add_arguments
 

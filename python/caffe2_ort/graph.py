@@ -1,6 +1,6 @@
 """Graph helpers for the ai.caffe2 ops: add Dropout, switch models between inference and training form,
-convert to and from standard ONNX Dropout, hold masks fixed, and build backward (gradient) graphs that
-plain onnxruntime can run.
+convert to and from standard ONNX Dropout, hold masks fixed; :func:`build_training_model` is the
+gradients-only training form (the rules are in :mod:`caffe2_ort.gradients`).
 
 Every function that takes a ``ModelProto`` returns a new model and leaves its argument untouched, except
 :func:`add_dropout`, which edits the graph or model it is given (it is a builder step).
@@ -94,7 +94,7 @@ def _infer(model):
     from .schemas import try_register_schemas
 
     try_register_schemas()
-    inferred = onnx.shape_inference.infer_shapes(model)
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     types = {}
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         if vi.type.HasField("tensor_type"):
@@ -561,270 +561,20 @@ def from_onnx_dropout(model, *, seed=None, engine=_ENGINE, rng=_RNG, warn=True, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# backward graphs
-
-SUPPORTED_GRADIENT_OPS = (
-    "Gemm", "MatMul (2-D)", "Add", "Sub", "Mul", "Neg", "Relu", "Sigmoid", "Tanh", "Identity",
-    "ai.caffe2 Dropout", "SoftmaxCrossEntropyLoss (2-D scores, reduction mean or sum, no weights)",
-)
-
-
-class _Backward:
-    def __init__(self, model, types, names, domain):
-        self.model, self.types, self.names, self.domain = model, types, names, domain
-        self.opset = _opset(model) or 13
-        self.nodes = []
-        self.grads = {}  # tensor -> list of partial gradient names
-
-    # emit helpers -----------------------------------------------------------------------------------
-    def node(self, op, inputs, outputs=None, base="g", **kw):
-        outputs = outputs or [self.names(base)]
-        self.nodes.append(helper.make_node(op, inputs, outputs, name=self.names(f"{base}_{op}"), **kw))
-        return outputs[0]
-
-    def const(self, value, elem_type, base="c"):
-        name = self.names(base)
-        arr = np.asarray(value, dtype=_np_dtype(elem_type))
-        self.nodes.append(helper.make_node("Constant", [], [name], value=numpy_helper.from_array(arr, name),
-                                           name=self.names(f"{base}_Constant")))
-        return name
-
-    def reduce_sum(self, x, axes, base):
-        if self.opset >= 13:
-            ax = self.const(np.array(axes, np.int64), TensorProto.INT64, f"{base}_axes")
-            return self.node("ReduceSum", [x, ax], base=base, keepdims=1)
-        return self.node("ReduceSum", [x], base=base, axes=list(axes), keepdims=1)
-
-    def add_grad(self, tensor, g):
-        self.grads.setdefault(tensor, []).append(g)
-
-    def grad_of(self, tensor):
-        parts = self.grads.get(tensor)
-        if not parts:
-            return None
-        if len(parts) > 1:
-            total = self.node("Sum", parts, base=f"{tensor}_grad_sum")
-            self.grads[tensor] = [total]
-        return self.grads[tensor][0]
-
-    def unbroadcast(self, g, g_like, target, base):
-        """Sum ``g`` (shaped like ``g_like``) down to ``target``'s shape (numpy broadcasting rules)."""
-        td, gd = _dims(self.types, target), _dims(self.types, g_like)
-        if td is None or gd is None:
-            raise NotImplementedError(f"rank of {target!r} or {g_like!r} unknown: cannot reduce a broadcast gradient")
-        if td == gd and all(d is not None for d in td):
-            return g
-        lead = len(gd) - len(td)
-        axes = list(range(lead)) + [lead + i for i, d in enumerate(td) if d == 1]
-        out = self.reduce_sum(g, axes, base) if axes else g
-        shape = self.node("Shape", [target], base=f"{base}_shape")
-        return self.node("Reshape", [out, shape], base=f"{base}_reshape")
-
-    # rules ------------------------------------------------------------------------------------------
-    def backprop(self, n, needs):
-        outs_g = [self.grad_of(o) if o else None for o in n.output]
-        if outs_g[0] is None:
-            return
-        dy = outs_g[0]
-        y = n.output[0]
-        et = self.types[y].tensor_type.elem_type if y in self.types else None
-        op = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}::{n.op_type}"
-        a = _attrs(n)
-        ins = list(n.input)
-        b = n.name or y
-        if op == "Gemm":
-            alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
-            ta, tb = int(a.get("transA", 0)), int(a.get("transB", 0))
-            A, B = ins[0], ins[1]
-            if needs(A):
-                if not ta:
-                    ga = self.node("Gemm", [dy, B], base=f"{A}_grad_part", alpha=alpha, transB=0 if tb else 1)
-                else:
-                    ga = self.node("Gemm", [B, dy], base=f"{A}_grad_part", alpha=alpha, transA=tb, transB=1)
-                self.add_grad(A, ga)
-            if needs(B):
-                if not tb:
-                    gb = self.node("Gemm", [A, dy], base=f"{B}_grad_part", alpha=alpha, transA=0 if ta else 1)
-                else:
-                    gb = self.node("Gemm", [dy, A], base=f"{B}_grad_part", alpha=alpha, transA=1, transB=ta)
-                self.add_grad(B, gb)
-            if len(ins) > 2 and ins[2] and needs(ins[2]):
-                gc = self.unbroadcast(dy, y, ins[2], f"{ins[2]}_grad_part")
-                if beta != 1.0:
-                    gc = self.node("Mul", [gc, self.const(beta, et, "beta")], base=f"{ins[2]}_grad_part")
-                self.add_grad(ins[2], gc)
-        elif op == "MatMul":
-            A, B = ins
-            if _dims(self.types, A) is None or len(_dims(self.types, A)) != 2 or len(_dims(self.types, B) or []) != 2:
-                raise NotImplementedError(f"MatMul {b!r}: gradients are implemented for 2-D operands only")
-            if needs(A):
-                self.add_grad(A, self.node("Gemm", [dy, B], base=f"{A}_grad_part", transB=1))
-            if needs(B):
-                self.add_grad(B, self.node("Gemm", [A, dy], base=f"{B}_grad_part", transA=1))
-        elif op in ("Add", "Sub"):
-            for k, t in enumerate(ins[:2]):
-                if needs(t):
-                    g = self.unbroadcast(dy, y, t, f"{t}_grad_part")
-                    if op == "Sub" and k == 1:
-                        g = self.node("Neg", [g], base=f"{t}_grad_part")
-                    self.add_grad(t, g)
-        elif op == "Mul":
-            for k, t in enumerate(ins[:2]):
-                if needs(t):
-                    prod = self.node("Mul", [dy, ins[1 - k]], base=f"{t}_grad_full")
-                    self.add_grad(t, self.unbroadcast(prod, y, t, f"{t}_grad_part"))
-        elif op == "Relu":
-            if needs(ins[0]):
-                pos = self.node("Greater", [y, self.const(0, et, "zero")], base=f"{b}_positive")
-                posf = self.node("Cast", [pos], base=f"{b}_positive_f", to=et)
-                self.add_grad(ins[0], self.node("Mul", [dy, posf], base=f"{ins[0]}_grad_part"))
-        elif op == "Sigmoid":
-            if needs(ins[0]):
-                one_minus = self.node("Sub", [self.const(1, et, "one"), y], base=f"{b}_one_minus")
-                d = self.node("Mul", [y, one_minus], base=f"{b}_dsigmoid")
-                self.add_grad(ins[0], self.node("Mul", [dy, d], base=f"{ins[0]}_grad_part"))
-        elif op == "Tanh":
-            if needs(ins[0]):
-                sq = self.node("Mul", [y, y], base=f"{b}_sq")
-                d = self.node("Sub", [self.const(1, et, "one"), sq], base=f"{b}_dtanh")
-                self.add_grad(ins[0], self.node("Mul", [dy, d], base=f"{ins[0]}_grad_part"))
-        elif op == "Identity":
-            if needs(ins[0]):
-                self.add_grad(ins[0], dy)
-        elif op == "Neg":
-            if needs(ins[0]):
-                self.add_grad(ins[0], self.node("Neg", [dy], base=f"{ins[0]}_grad_part"))
-        elif op == f"{self.domain}::Dropout":
-            if needs(ins[0]):
-                is_test = int(a.get("is_test", 0))
-                kw = {"ratio": float(a.get("ratio", 0.5)), "is_test": is_test}
-                if "engine" in a:
-                    kw["engine"] = _text(a["engine"])
-                # Caffe2's gradient maker: [GO(0), O(1)] in training, [GO(0)] in test.
-                g_inputs = [dy] if is_test else [dy, n.output[1]]
-                gx = self.names(f"{ins[0]}_grad_part")
-                self.nodes.append(helper.make_node("DropoutGrad", g_inputs, [gx], domain=self.domain,
-                                                   name=self.names(f"{b}_DropoutGrad"), **kw))
-                self.add_grad(ins[0], gx)
-        elif op == "SoftmaxCrossEntropyLoss":
-            red = _text(a.get("reduction", "mean"))
-            if red not in ("mean", "sum") or "ignore_index" in a or (len(ins) > 2 and ins[2]):
-                raise NotImplementedError(f"SoftmaxCrossEntropyLoss {b!r}: only reduction mean/sum without "
-                                          "weights or ignore_index")
-            scores, labels = ins[0], ins[1]
-            sd = _dims(self.types, scores)
-            if sd is None or len(sd) != 2 or not isinstance(sd[1], int):
-                raise NotImplementedError(f"SoftmaxCrossEntropyLoss {b!r}: scores must be 2-D with a static class count")
-            if needs(scores):
-                et = self.types[scores].tensor_type.elem_type
-                p = self.node("Softmax", [scores], base=f"{b}_prob", axis=1)
-                classes = self.const(np.arange(sd[1], dtype=np.int64), TensorProto.INT64, f"{b}_classes")
-                lab2 = self.node("Unsqueeze", [labels, self.const([1], TensorProto.INT64, "axis1")]
-                                 if self.opset >= 13 else [labels], base=f"{b}_labels_col",
-                                 **({} if self.opset >= 13 else {"axes": [1]}))
-                onehot = self.node("Cast", [self.node("Equal", [lab2, classes], base=f"{b}_onehot_b")],
-                                   base=f"{b}_onehot", to=et)
-                diff = self.node("Sub", [p, onehot], base=f"{b}_p_minus_y")
-                scale = dy
-                if red == "mean":
-                    count = self.node("Cast", [self.node("Shape", [labels], base=f"{b}_n")], base=f"{b}_n_f", to=et)
-                    scale = self.node("Div", [dy, count], base=f"{b}_dloss_over_n")
-                self.add_grad(scores, self.node("Mul", [diff, scale], base=f"{scores}_grad_part"))
-        else:
-            raise NotImplementedError(
-                f"no gradient for {op} (node {b!r}); supported: {', '.join(SUPPORTED_GRADIENT_OPS)}"
-            )
+# backward graphs (the rules live in caffe2_ort.gradients)
 
 
 def build_training_model(model, loss, params=None, *, wrt_inputs=(), keep_outputs=True, grad_suffix="_grad",
                          domain=DOMAIN):
-    """One model computing the loss and the gradient of every parameter, runnable by plain onnxruntime.
+    """One model computing the loss and ``<p>_grad`` for every parameter: the gradients-only training form.
 
-    ``loss``: name of a scalar tensor of the forward graph. ``params``: names of the parameters to
-    differentiate (default: every floating-point initializer); they are moved from the initializers to
-    the graph inputs so a numpy optimiser can feed updated values each step. ``wrt_inputs``: other graph
-    inputs to differentiate too. Outputs: ``loss``, then ``<p>_grad`` for each parameter and input (same
-    order), then, with ``keep_outputs``, the forward model's outputs and every exposed dropout mask.
-
-    Dropout nodes keep their is_test: a training-mode node gets a mask output if it had none and a
-    ``DropoutGrad(dY, mask)``; a test-mode node gets ``DropoutGrad(dY)`` (Caffe2's gradient maker), with
-    ratio, is_test and engine copied. Supported ops: see ``SUPPORTED_GRADIENT_OPS``; anything else on a
-    path from a parameter to the loss raises NotImplementedError.
+    See :func:`caffe2_ort.gradients.build_gradient_model`; :func:`caffe2_ort.training.make_training_model`
+    adds an optimizer and makes a training-step model.
     """
-    model = copy.deepcopy(model)
-    g = model.graph
-    names = _Names(g)
-    float_types = (TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16)
-    if params is None:
-        params = [t.name for t in g.initializer if t.data_type in float_types]
-    params = list(params)
-    init = {t.name: t for t in g.initializer}
-    input_names = {i.name for i in g.input}
-    for p in params:
-        if p in init:
-            if p not in input_names:
-                g.input.append(helper.make_tensor_value_info(p, init[p].data_type, list(init[p].dims)))
-        elif p not in input_names:
-            raise ValueError(f"parameter {p!r} is neither an initializer nor a graph input")
-    kept = [t for t in g.initializer if t.name not in set(params)]
-    del g.initializer[:]
-    g.initializer.extend(kept)
-    masks = []
-    for n in g.node:
-        if _is_ours(n, "Dropout", domain) and not _attrs(n).get("is_test", 0):
-            if len(n.output) < 2 or not n.output[1]:
-                del n.output[1:]
-                n.output.append(names(f"{n.output[0]}_mask"))
-            masks.append(n.output[1])
-    types = _infer(model)
-    if loss not in types:
-        raise ValueError(f"loss {loss!r} is not a tensor of the graph")
-    ld = _dims(types, loss)
-    if ld not in ([], None) and any(d != 1 for d in ld):
-        raise ValueError(f"loss {loss!r} must be a scalar, its shape is {ld}")
+    from .gradients import build_gradient_model
 
-    targets = list(params) + list(wrt_inputs)
-    # Tensors that depend on a target (forward) and that the loss depends on (backward).
-    depends = set(targets)
-    for n in g.node:
-        if any(i in depends for i in n.input):
-            depends.update(o for o in n.output if o)
-    feeds_loss, on_path = {loss}, []
-    for n in reversed(g.node):
-        if any(o in feeds_loss for o in n.output):
-            feeds_loss.update(i for i in n.input if i)
-            on_path.append(n)
-    bw = _Backward(model, types, names, domain)
-    bw.add_grad(loss, bw.const(np.ones(ld or [], dtype=np.float64), _elem_type(types, loss), "loss_grad_seed"))
-
-    def needs(t):
-        return t in depends and t in feeds_loss
-
-    for n in on_path:  # already in reverse topological order
-        if any(needs(i) for i in n.input):
-            bw.backprop(n, needs)
-
-    outputs = [_value_info(loss, types)]
-    for t in targets:
-        gname = bw.grad_of(t)
-        out = f"{t}{grad_suffix}"
-        if gname is None:  # the loss does not depend on t
-            gname = bw.node("Mul", [t, bw.const(0, _elem_type(types, t), "zero")], base=f"{t}_grad_zero")
-        bw.nodes.append(helper.make_node("Identity", [gname], [out], name=names(f"{out}_out")))
-        vi = onnx.ValueInfoProto()
-        vi.name = out
-        vi.type.CopyFrom(types[t])
-        outputs.append(vi)
-    g.node.extend(bw.nodes)
-    if keep_outputs:
-        have = {o.name for o in outputs}
-        outputs += [o for o in g.output if o.name not in have]
-        have |= {o.name for o in outputs}
-        outputs += [_value_info(m, types) for m in masks if m not in have]
-    del g.output[:]
-    g.output.extend(outputs)
-    ensure_opset(model, domain)
-    return model
+    return build_gradient_model(model, loss, params, wrt_inputs=wrt_inputs, keep_outputs=keep_outputs,
+                                grad_suffix=grad_suffix, domain=domain)
 
 
 def initial_params(model, params=None):

@@ -1,45 +1,27 @@
 """Real Caffe2's CPU Dropout draws the MT19937 stream of docs/caffe2-facts.md §11, checked here on
 edge cases the known-answer file does not hold: seeds near 2^32 - 1, ratios 0 and 0.999, odd sizes,
 several runs of one op (the stream carries on), two ops with one seed (each owns a generator), and
-a test-mode op (a copy; its mask blob stays unwritten). The rule is written out below, in numpy, on
-its own."""
+a test-mode op (a copy; its mask blob stays unwritten). The expected masks come from the package's
+own rule, ``reference.DropoutStream(seed, rng="caffe2_mt19937")`` (one implementation, checked here
+against Caffe2 itself)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from caffe2_ort import reference
 from caffe2_helpers import make_net
 
 pytestmark = pytest.mark.parity
 
-MASK53 = (1 << 53) - 1
-
-
-def mt19937_words(seed: int, count: int) -> np.ndarray:
-    """The first ``count`` 32-bit outputs of std::mt19937 seeded with init_genrand(seed)."""
-    key = np.random.RandomState(seed).get_state()[1]  # legacy seeding = init_genrand
-    bits = np.random.MT19937()
-    bits.state = {"bit_generator": "MT19937", "state": {"key": key, "pos": 624}}
-    return bits.random_raw(count).astype(np.uint64)
-
-
-def caffe2_mask(seed: int, ratio: float, n: int, skip: int = 0) -> np.ndarray:
-    """The keep-mask of elements ``skip .. skip + n - 1`` of one Dropout op's stream."""
-    w = mt19937_words(seed, 2 * (skip + n))[2 * skip :]
-    hi, lo = w[0::2], w[1::2]
-    u = (((hi << np.uint64(32)) | lo) & np.uint64(MASK53)).astype(np.float64) * 2.0**-53
-    return u < 1.0 - float(np.float32(ratio))
-
-
 def caffe2_dropout(x, mask, ratio):
-    scale = np.float32(1.0 / (1.0 - float(np.float32(ratio))))
-    return (x * scale) * mask.astype(np.float32)
+    return (x * reference.drop_scale(ratio)) * mask.astype(np.float32)
 
 
 def test_mt19937_words_known_answer():
     # std::mt19937 with its default seed 5489: the C++ standard fixes the 10000th output
-    assert int(mt19937_words(5489, 10000)[-1]) == 4123659995
+    assert int(reference.mt19937(5489).random_raw(10000)[-1]) == 4123659995
 
 
 # (seed, ratio, shape)
@@ -77,11 +59,11 @@ def test_caffe2_masks_follow_mt19937_rule(caffe2_runs, i):
     feeds, out = caffe2_runs
     seed, ratio, shape = CASES[i]
     x = feeds[f"x{i}"]
-    n = x.size
+    stream = reference.DropoutStream(seed, rng="caffe2_mt19937")
     for run in range(RUNS):
         mask = out[f"step{run}/m{i}"]
         assert mask.dtype == bool and mask.shape == shape
-        want = caffe2_mask(seed, ratio, n, skip=run * n).reshape(shape)
+        want = stream.draw(shape, ratio=ratio)
         np.testing.assert_array_equal(mask, want, err_msg=f"run {run}")
         y = out[f"step{run}/y{i}"]
         assert np.array_equal(y.view(np.uint32), caffe2_dropout(x, want, ratio).view(np.uint32)), f"run {run}: Y bits"

@@ -114,6 +114,10 @@ def add_commands(subparsers) -> None:
     p.add_argument("predict_net", help="predict_net.pb or predict_net.pbtxt")
     _add_net_args(p)
     _add_convert_args(p)
+    p.add_argument("--train", action="store_true",
+                   help="write a training-step model (the default when the net holds gradient or optimizer ops)")
+    p.add_argument("--init-seed", type=_seed, default=0,
+                   help="numpy seed of a training init_net's random fills (XavierFill, MSRAFill, ...; default 0)")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
     p.set_defaults(func=cmd_convert)
 
@@ -209,7 +213,14 @@ def _load_common(args):
     from . import netdef
 
     budget = _budget(args)
-    net = netdef.read_netdef(args.predict_net if hasattr(args, "predict_net") else args.model, kind="predict", budget=budget)
+    path = args.predict_net if hasattr(args, "predict_net") else args.model
+    if getattr(args, "train", None) is None:
+        net = netdef.read_netdef(path, kind="predict", budget=budget)
+    else:  # convert: a training net has no external outputs, so its kind decides the file check
+        from .training_net import is_training_net
+
+        net = netdef.read_netdef(path, budget=budget)
+        netdef.check_net(net, str(path), "train" if args.train or is_training_net(net) else "predict")
     vi = netdef.read_value_info(args.value_info, budget=budget) if args.value_info else {}
     for name, shape in _input_shapes(args.input).items():
         vi[name] = (vi[name][0] if name in vi else np.dtype(np.float32), shape)
@@ -243,8 +254,26 @@ def cmd_convert(args) -> int:
     from . import netdef
     from .converter import convert
 
+    from .training_net import convert_training_net, is_training_net
+
     net, vi = _load_common(args)
     init = netdef.read_netdef(args.init, kind="init", budget=_budget(args)) if args.init else None
+    if args.train or is_training_net(net):
+        if args.dropout != "caffe2":
+            raise Caffe2Error("a training-step model needs --dropout caffe2 (its DropoutGrad reads the mask)")
+        kw = _convert_kwargs(args)
+        model, notes = convert_training_net(net, init, vi, rng=args.rng, seed=args.init_seed, opset=kw["opset"],
+                                            ir_version=kw["ir_version"], name=args.name, budget=kw["budget"])
+        onnx.save(model, args.output)
+        from ..training import metadata
+
+        state, loss, _ = metadata(model)
+        print(f"wrote {args.output}: training-step model, {len(model.graph.node)} nodes; fed "
+              f"{', '.join(i.name for i in model.graph.input if i.name not in state)}; loss {loss}; "
+              f"{len(state)} state tensors ({', '.join(state)})")
+        for note in notes:
+            print(f"note: {note}")
+        return 0
     conv = convert(net, init, vi, **_convert_kwargs(args))
     onnx.save(conv.model, args.output)
     print(f"wrote {args.output}: {_summary(conv)}")

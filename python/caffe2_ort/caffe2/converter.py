@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import ops
 from . import shapes as S
 from .errors import ArgumentError, Caffe2Error, MissingValueInfoError, MissingWeightError, ShapeError, UnsupportedOpsError
 from . import netdef
@@ -198,7 +199,7 @@ def convert(
     external_out = set(predict_net.external_output)
     bad = Counter()
     for op in predict_net.op:
-        label = S.unsupported_variant(op, Args(op))
+        label = ops.unsupported_variant(op, Args(op))
         if label is None and S.canonical(op.type) == "LRN" and len(op.output) > 1:
             if readers[op.output[1]] or op.output[1] in external_out:
                 label = "LRN(scale output used)"
@@ -220,7 +221,7 @@ def convert(
         else:
             k, slot = first[b]
             op = predict_net.op[k]
-            (no_fill if S.is_weight_slot(op, slot) else no_info).append(f"{b!r} (input {slot} of {op.type} op #{k})")
+            (no_fill if ops.is_weight_slot(op, slot) else no_info).append(f"{b!r} (input {slot} of {op.type} op #{k})")
     if no_info:
         more = f" and {len(no_info) - 3} more" if len(no_info) > 3 else ""
         raise MissingValueInfoError(
@@ -252,7 +253,7 @@ def convert(
     for k, op in enumerate(predict_net.op):
         where = f"{op.type} op #{k}" + (f" ({op.name})" if op.name else "")
         ins = [g.infos.get(n) if n else None for n in op_inputs[k]]
-        out_infos = S.infer(op, ins, where, budget)
+        out_infos = ops.infer(op, ins, where, budget)
         for n, info in zip(op_outputs[k], out_infos):
             g.infos[n] = info
         _emit(g, predict_net, op, k, op_inputs[k], op_outputs[k], ins, out_infos, where, dropout, inits, notes, readers,
@@ -330,228 +331,12 @@ def check_model(model) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# per-op translation
-
-
-def _reshape_to(g, src, info_src, shape, hint, inits, name):
-    """``src`` with ``shape``: reshaped in place when it is an initializer, else through a Reshape node."""
-    shape = tuple(int(d) for d in shape)
-    if tuple(info_src.shape) == shape:
-        return src
-    if src in inits:
-        return g.const(f"{src}_{'x'.join(map(str, shape)) or 'scalar'}", np.asarray(inits[src]).reshape(shape))
-    out = g.fresh(hint)
-    g.node("Reshape", [src, g.const(f"{hint}_shape", np.asarray(shape, dtype=np.int64))], [out], name)
-    g.infos[out] = S.Info(info_src.dtype, shape)
-    return out
+# per-op translation: the lowering registered for the op type in ops.REGISTRY
 
 
 def _emit(g, net, op, k, xin, xout, ins, outs, where, dropout, inits, notes, readers, rng=""):
-    t = S.canonical(op.type)
-    args = Args(op, where)
-    node_name = op.name or f"{op.type}_{k}"
-    x = ins[0]
-
-    if t in ("Conv", "ConvTranspose"):
-        p = S.resolve_conv_pool(op, x.shape, ins[1].shape, where)
-        attrs = dict(kernel_shape=p["kernel"], strides=p["stride"], pads=p["begin"] + p["end"], group=p["group"])
-        if t == "Conv":
-            attrs["dilations"] = p["dilation"]
-        elif any(p["adj"]):
-            attrs["output_padding"] = p["adj"]
-        if t == "ConvTranspose" and any(d != 1 for d in p["dilation"]):
-            attrs["dilations"] = p["dilation"]
-        g.node(t, [n for n in xin[:3] if n], xout[:1], node_name, **attrs)
-        return
-
-    if t in ("MaxPool", "AveragePool"):
-        p = S.resolve_conv_pool(op, x.shape, None, where)
-        if p["global_pool"]:
-            g.node("Global" + t, xin[:1], xout[:1], node_name)
-            return
-        # Caffe2's tail pad for legacy pooling can reach the kernel size, which ORT refuses; the
-        # smallest tail that gives the same output size covers the same windows, so use that.
-        end = [
-            max(0, min(e, (o - 1) * s + k - i - b))
-            for e, o, s, k, i, b in zip(p["end"], p["out"], p["stride"], p["kernel"], x.shape[2:], p["begin"])
-        ]
-        attrs = dict(kernel_shape=p["kernel"], strides=p["stride"], pads=p["begin"] + end)
-        if t == "AveragePool":
-            attrs["count_include_pad"] = 1 if args.int("count_include_pad", 0) else 0
-        g.node(t, xin[:1], xout[:1], node_name, **attrs)
-        if p["legacy"] == S.CAFFE_LEGACY_POOLING:
-            notes.append(f"{where}: legacy_pad CAFFE_LEGACY_POOLING expressed as explicit end pads {end}")
-        return
-
-    if t == "FC":
-        axis = S.canonical_axis(args.int("axis", 1), len(x.shape), where)
-        w, b = ins[1], ins[2]
-        axis_w = S.canonical_axis(args.int("axis_w", 1), len(w.shape), where)
-        m, kk = S.flatten2d(x.shape, axis)
-        n, _ = S.flatten2d(w.shape, axis_w)
-        x2 = _reshape_to(g, xin[0], x, (m, kk), f"{xin[0]}_2d", inits, node_name + "_flatten")
-        w2 = _reshape_to(g, xin[1], w, (n, kk), f"{xin[1]}_2d", inits, node_name + "_flatten_w")
-        b1 = _reshape_to(g, xin[2], b, (n,), f"{xin[2]}_1d", inits, node_name + "_flatten_b")
-        final_shape = outs[0].shape
-        if tuple(final_shape) == (m, n):
-            g.node("Gemm", [x2, w2, b1], xout[:1], node_name, transB=1)
-        else:
-            tmp = g.fresh(f"{xout[0]}_2d")
-            g.infos[tmp] = S.Info(x.dtype, (m, n))
-            g.node("Gemm", [x2, w2, b1], [tmp], node_name, transB=1)
-            g.node("Reshape", [tmp, g.const(f"{xout[0]}_shape", np.asarray(final_shape, np.int64))], xout[:1], node_name + "_reshape")
-        return
-
-    if t in ("Relu", "Sigmoid", "Tanh"):
-        g.node(t, xin[:1], xout[:1], node_name)
-        return
-    if t == "Copy":
-        g.node("Identity", xin[:1], xout[:1], node_name)
-        return
-
-    if t == "LRN":
-        # Caffe2's defaults (alpha 0, beta 0, bias 1) are not ONNX's, and ONNX Runtime's LRN refuses
-        # alpha <= 0 and beta <= 0. Y = X * (bias + alpha/size * sum(X^2))^-beta is then exactly
-        # X (beta = 0) or X * bias^-beta (alpha = 0); negative values have no ORT form.
-        alpha, beta, bias = args.float("alpha", 0.0), args.float("beta", 0.0), args.float("bias", 1.0)
-        if alpha < 0 or beta < 0 or not all(np.isfinite([alpha, beta, bias])):
-            raise ArgumentError(
-                f"{where}: LRN alpha {alpha:g}, beta {beta:g}, bias {bias:g}: ONNX Runtime's LRN needs alpha > 0 and "
-                "beta > 0 (alpha = 0 and beta = 0 are written as exact equivalents; negative or non-finite values are not supported)"
-            )
-        if beta == 0:
-            g.node("Identity", xin[:1], xout[:1], node_name)
-            notes.append(f"{where}: LRN with beta 0 is the identity; written as Identity")
-        elif alpha == 0:
-            with np.errstate(all="ignore"):
-                factor = np.asarray(np.float64(bias) ** -np.float64(beta), dtype=x.dtype)
-            g.node("Mul", [xin[0], g.const(f"{node_name}_factor", factor)], xout[:1], node_name)
-            notes.append(f"{where}: LRN with alpha 0 is X * bias^-beta; written as a Mul by {float(factor):g}")
-        else:
-            g.node("LRN", xin[:1], xout[:1], node_name, size=args.int("size"), alpha=alpha, beta=beta, bias=bias)
-        if len(xout) > 1:
-            notes.append(f"{where}: scale output {op.output[1]!r} dropped (nothing reads it)")
-        return
-
-    if t == "Softmax":
-        rank = len(x.shape)
-        axis = S.canonical_axis(args.int("axis", 1), rank, where)
-        if axis == rank - 1:
-            g.node("Softmax", xin[:1], xout[:1], node_name, axis=axis)
-        else:  # Caffe2 coerces to 2-D at axis
-            flat = g.fresh(f"{xout[0]}_2d")
-            sm = g.fresh(f"{xout[0]}_2d_softmax")
-            g.node("Flatten", xin[:1], [flat], node_name + "_flatten", axis=axis)
-            g.node("Softmax", [flat], [sm], node_name, axis=1)
-            g.node("Reshape", [sm, g.const(f"{xout[0]}_shape", np.asarray(x.shape, np.int64))], xout[:1], node_name + "_reshape")
-        return
-
-    if t == "Flatten":
-        g.node("Flatten", xin[:1], xout[:1], node_name, axis=S.canonical_axis(args.int("axis", 1), len(x.shape) + 1, where))
-        return
-
-    if t == "Reshape":
-        g.node("Reshape", [xin[0], g.const(f"{xout[0]}_shape", np.asarray(outs[0].shape, np.int64))], xout[:1], node_name)
-        if len(xout) > 1 and (readers[op.output[1]] or op.output[1] in net.external_output):
-            g.node("Constant", [], [xout[1]], node_name + "_old_shape", value=numpy_helper.from_array(np.asarray(x.shape, np.int64)))
-        return
-
-    if t == "Concat":
-        add_axis = bool(args.int("add_axis", 0))
-        rank = len(x.shape) + (1 if add_axis else 0)
-        axis = S.canonical_axis(S.concat_axis(args, where), rank, where)
-        parts = list(xin)
-        if add_axis:
-            parts = [
-                _reshape_to(g, n, info, (*info.shape[:axis], 1, *info.shape[axis:]), f"{n}_expanded", inits, f"{node_name}_expand_{j}")
-                for j, (n, info) in enumerate(zip(xin, ins))
-            ]
-        g.node("Concat", parts, xout[:1], node_name, axis=axis)
-        if len(xout) > 1 and (readers[op.output[1]] or op.output[1] in net.external_output):
-            sizes = [1 if add_axis else int(info.shape[axis]) for info in ins]
-            g.node("Constant", [], [xout[1]], node_name + "_split_info", value=numpy_helper.from_array(np.asarray(sizes, np.int32)))
-        return
-
-    if t == "SpatialBN":
-        g.node("BatchNormalization", xin[:5], xout[:1], node_name, epsilon=args.float("epsilon", 1e-5))
-        return
-
-    if t == "Sum":
-        g.node("Sum" if len(xin) > 1 else "Identity", list(xin), xout[:1], node_name)
-        return
-
-    if t in S.BINARY_OPS:
-        a, b = ins[0], ins[1]
-        bname = xin[1]
-        if args.int("broadcast", 0):
-            axis = S.legacy_broadcast_axis(a.shape, b.shape, args.int("axis", -1), where)
-            target = (1,) * axis + tuple(b.shape) + (1,) * (len(a.shape) - axis - len(b.shape))
-            bname = _reshape_to(g, bname, b, target, f"{bname}_aligned", inits, node_name + "_align")
-        g.node(t, [xin[0], bname], xout[:1], node_name)
-        return
-
-    if t == "Dropout":
-        ratio = args.float("ratio", 0.5)
-        is_test = args.int("is_test", 0)
-        seed = netdef.dropout_seed(op, net)
-        if dropout == "caffe2":
-            attrs = dict(ratio=ratio, is_test=is_test)
-            if op.engine:
-                attrs["engine"] = op.engine
-            if seed is not None:
-                attrs["seed"] = seed
-            if rng:
-                attrs["rng"] = rng
-            g.node("Dropout", xin[:1], list(xout[:2]), node_name, domain=CAFFE2_DOMAIN, **attrs)
-        elif not is_test and ratio >= 1.0:
-            # ONNX Dropout needs ratio < 1. Caffe2's ratio = 1 gives Y = (X * 0) * 0 (signed zeros,
-            # NaN for inf/nan) and an all-false mask: write exactly that.
-            zero = g.const(f"{node_name}_zero", np.asarray(0, dtype=x.dtype))
-            scaled = g.fresh(f"{xout[0]}_scaled")
-            g.node("Mul", [xin[0], zero], [scaled], node_name + "_scale")
-            g.node("Mul", [scaled, zero], xout[:1], node_name)
-            if len(xout) > 1 and xout[1]:
-                shape = g.fresh(f"{xout[1]}_shape")
-                g.node("Shape", [xin[0]], [shape], node_name + "_shape")
-                g.node("ConstantOfShape", [shape], [xout[1]], node_name + "_mask",
-                       value=numpy_helper.from_array(np.zeros(1, dtype=bool)))
-                g.infos[xout[1]] = S.Info(np.dtype(bool), tuple(x.shape))
-        else:
-            # In inference ONNX Dropout ignores ratio, but ORT still demands ratio < 1.
-            r = g.const(f"{node_name}_ratio", np.asarray(0.0 if ratio >= 1.0 else ratio, dtype=x.dtype))
-            tm = g.const(f"{node_name}_training_mode", np.asarray(not is_test, dtype=bool))
-            attrs = {} if seed is None else {"seed": seed}
-            g.node("Dropout", [xin[0], r, tm], list(xout[:2]), node_name, **attrs)
-            if len(xout) > 1:  # a bool mask of X's shape, whatever the engine
-                g.infos[xout[1]] = S.Info(np.dtype(bool), tuple(x.shape))
-        return
-
-    if t == "DropoutGrad":
-        ratio = args.float("ratio", 0.5)
-        is_test = args.int("is_test", 0)
-        if dropout == "caffe2":
-            attrs = dict(ratio=ratio, is_test=is_test)
-            if op.engine:
-                attrs["engine"] = op.engine
-            g.node("DropoutGrad", [n for n in xin[:2]], xout[:1], node_name, domain=CAFFE2_DOMAIN, **attrs)
-            return
-        # standard ONNX has no DropoutGrad: dX = dY (test), else (dY * mask) * scale
-        if is_test:
-            g.node("Identity", xin[:1], xout[:1], node_name)
-            return
-        if len(xin) < 2 or not xin[1]:
-            raise ShapeError(f"{where}: training-mode DropoutGrad needs the mask input")
-        from ..reference import drop_scale
-
-        m = g.fresh(f"{xout[0]}_mask_as_{x.dtype.name}")
-        mask = xin[1]
-        if tuple(ins[1].shape) != tuple(x.shape):
-            mask = _reshape_to(g, mask, ins[1], x.shape, f"{mask}_reshaped", inits, node_name + "_mask_reshape")
-        g.node("Cast", [mask], [m], node_name + "_cast", to=NUMPY_TO_ONNX[x.dtype])
-        masked = g.fresh(f"{xout[0]}_masked")
-        g.node("Mul", [xin[0], m], [masked], node_name + "_mask")
-        scale = g.const(f"{node_name}_scale", np.asarray(drop_scale(ratio), dtype=x.dtype))
-        g.node("Mul", [masked, scale], xout[:1], node_name)
-        return
-
-    raise ShapeError(f"{where}: no ONNX translation for {op.type}")  # pragma: no cover - filtered earlier
+    d = ops.REGISTRY.get(S.canonical(op.type))
+    if d is None or d.lower is None:  # pragma: no cover - filtered earlier
+        raise ShapeError(f"{where}: no ONNX translation for {op.type}")
+    d.lower(ops.Lowering(g, net, op, k, Args(op, where), xin, xout, ins, outs, where, op.name or f"{op.type}_{k}",
+                         dropout, rng, inits, notes, readers))

@@ -206,7 +206,7 @@ def check_net(net, source: str = "net", kind: str | None = None) -> None:
 
     - every op has a type; a net is not empty;
     - every external output is an external input or produced by an op;
-    - for a net read from a file (``kind`` "predict" or "init"): with external inputs declared, every
+    - for a net read from a file (``kind`` "predict", "init" or "train"): with external inputs declared, every
       blob an op reads is one of them or an earlier op's output (nets built in memory often leave
       their weights undeclared, so this is a file check);
     - ``kind="predict"``: a net with ops declares external inputs and outputs (a binary predict net

@@ -1,4 +1,7 @@
-"""Caffe2 shape rules for the supported op set, used by the converter and the synthesiser.
+"""Caffe2's sizing helpers (conv/pool geometry, FC flattening, legacy broadcast, Reshape targets).
+
+The per-op shape rules that use them live in :mod:`.ops`, next to each op's ONNX lowering and
+synthesiser rule.
 
 Everything here follows Caffe2's own sizing (``ConvPoolOpBase::ComputeSizeAndPad``, FC's flattening
 at ``axis``/``axis_w``, legacy broadcasting, ...). The numpy executor does not use this module: it
@@ -26,81 +29,11 @@ ALIASES = {
     "MaxPool1D": "MaxPool", "MaxPool2D": "MaxPool", "MaxPool3D": "MaxPool",
     "AveragePool1D": "AveragePool", "AveragePool2D": "AveragePool", "AveragePool3D": "AveragePool",
 }  # fmt: skip
-SUPPORTED_OPS = frozenset(
-    ["Conv", "ConvTranspose", "FC", "Relu", "Sigmoid", "Tanh", "LRN", "MaxPool", "AveragePool", "Softmax",
-     "Concat", "SpatialBN", "Sum", "Add", "Sub", "Mul", "Div", "Reshape", "Flatten", "Dropout",
-     "DropoutGrad", "Copy"]
-)  # fmt: skip
 BINARY_OPS = ("Add", "Sub", "Mul", "Div")
-# Inputs that are parameters (filled by init_net) rather than data, per op type.
-WEIGHT_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "FC": (1, 2), "SpatialBN": (1, 2, 3, 4)}
-# (fewest inputs, most inputs, fewest outputs, most outputs) of each op in Caffe2's schemas (None: no limit).
-ARITY = {
-    "Conv": (2, 3, 1, 1), "ConvTranspose": (2, 3, 1, 1), "FC": (3, 3, 1, 1), "Relu": (1, 1, 1, 1),
-    "Sigmoid": (1, 1, 1, 1), "Tanh": (1, 1, 1, 1), "Copy": (1, 1, 1, 1), "LRN": (1, 1, 1, 2),
-    "MaxPool": (1, 1, 1, 1), "AveragePool": (1, 1, 1, 1), "Softmax": (1, 1, 1, 1), "Concat": (1, None, 1, 2),
-    "SpatialBN": (5, 5, 1, 1), "Sum": (1, None, 1, 1), "Add": (2, 2, 1, 1), "Sub": (2, 2, 1, 1),
-    "Mul": (2, 2, 1, 1), "Div": (2, 2, 1, 1), "Reshape": (1, 2, 1, 2), "Flatten": (1, 1, 1, 1),
-    "Dropout": (1, 1, 1, 2), "DropoutGrad": (1, 2, 1, 1),
-}  # fmt: skip
-
-
-def _count(lo, hi):
-    return f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
-
-
-def check_arity(op, where: str = "") -> None:
-    """Caffe2's input and output counts for the op (its schema refused others at op creation)."""
-    t = canonical(op.type)
-    if t not in ARITY:
-        return
-    lo_in, hi_in, lo_out, hi_out = ARITY[t]
-    where = where or f"{op.type} op"
-    if len(op.input) < lo_in or (hi_in is not None and len(op.input) > hi_in):
-        raise ShapeError(f"{where}: {len(op.input)} input(s); Caffe2's {t} takes {_count(lo_in, hi_in)}")
-    if len(op.output) < lo_out or len(op.output) > hi_out:
-        raise ShapeError(f"{where}: {len(op.output)} output(s); Caffe2's {t} has {_count(lo_out, hi_out)}")
-    if any(not b for b in op.output):
-        raise ShapeError(f"{where}: an output has an empty name")
 
 
 def canonical(op_type: str) -> str:
     return ALIASES.get(op_type, op_type)
-
-
-def is_weight_slot(op, slot: int) -> bool:
-    t = canonical(op.type)
-    if slot in WEIGHT_SLOTS.get(t, ()):
-        return True
-    return t in BINARY_OPS and slot == 1 and Args(op).int("broadcast", 0) == 1
-
-
-def unsupported_variant(op, args: Args):
-    """A short label when a supported op type is used in a way the tools do not handle, else None."""
-    t = canonical(op.type)
-    if t not in SUPPORTED_OPS:
-        return op.type
-    order = args.str("order", "NCHW")
-    if order != "NCHW" and t in ("Conv", "ConvTranspose", "MaxPool", "AveragePool", "LRN", "SpatialBN", "Concat"):
-        if not (t == "Concat" and args.has("axis")):
-            return f"{op.type}(order={order})"
-    if t == "SpatialBN" and not args.int("is_test", 0):
-        return "SpatialBN(is_test=0, training mode)"
-    if t == "SpatialBN" and len(op.output) != 1:
-        return "SpatialBN(more than 1 output)"
-    if t in ("MaxPool", "AveragePool") and any(
-        d != 1 for d in (args.ints("dilations") or [args.int("dilation", 1), args.int("dilation_h", 1), args.int("dilation_w", 1)])
-    ):
-        return f"{op.type}(dilation)"
-    if t == "ConvTranspose" and args.int("legacy_pad", NOTSET) != NOTSET:
-        return "ConvTranspose(legacy_pad)"
-    if t == "Reshape" and len(op.input) > 1:
-        return "Reshape(shape from an input)"
-    if t == "FC" and len(op.input) != 3:
-        return "FC(without bias)"
-    if t in BINARY_OPS and len(op.input) != 2:
-        return f"{op.type}({len(op.input)} inputs)"
-    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -281,7 +214,7 @@ def numpy_broadcast(shapes, where=""):
 # per-op output shapes
 
 
-def _need(ins, k, where):
+def need(ins, k, where):
     if k >= len(ins) or ins[k] is None:
         raise ShapeError(f"{where}: input {k} has no known shape")
     return ins[k]
@@ -328,128 +261,3 @@ def reshape_target(in_shape, new_shape, where):
     if numel(out) != total:
         raise ShapeError(f"{where}: cannot reshape {list(in_shape)} ({total} elements) to {new_shape}")
     return tuple(out)
-
-
-def infer(op, ins, where="", budget=None):
-    """Output Infos of one op from its input Infos (all known). With ``budget`` (a limits.Budget), each
-    output's size is checked against the per-tensor limit, so a claimed shape never reaches an allocator."""
-    where = where or f"{op.type} op"
-    check_arity(op, where)
-    outs = _infer(op, ins, where)
-    if budget is not None:
-        for b, info in zip(op.output, outs):
-            if info.shape is not None and None not in info.shape:
-                budget.check(f"{where}: output {b!r}", info.shape, info.dtype, claim=False)
-    return outs
-
-
-def _infer(op, ins, where):
-    t = canonical(op.type)
-    args = Args(op)
-    x = _need(ins, 0, where)
-    if t in ("Conv", "ConvTranspose"):
-        w = _need(ins, 1, where)
-        p = resolve_conv_pool(op, x.shape, w.shape, where)
-        g = p["group"]
-        if len(w.shape) != len(x.shape):
-            raise ShapeError(f"{where}: weight rank {len(w.shape)} differs from input rank {len(x.shape)}")
-        c = x.shape[1]
-        if t == "Conv":
-            if c % g or w.shape[0] % g or w.shape[1] * g != c:
-                raise ShapeError(f"{where}: input has {c} channels, weight {list(w.shape)}, group {g}: inconsistent")
-            m = w.shape[0]
-        else:
-            if c % g or w.shape[0] != c:
-                raise ShapeError(f"{where}: input has {c} channels, weight {list(w.shape)}, group {g}: inconsistent")
-            m = w.shape[1] * g
-        if list(w.shape[2:]) != list(p["kernel"]):
-            raise ShapeError(f"{where}: weight {list(w.shape)} does not match kernel {p['kernel']}")
-        if len(ins) > 2 and ins[2] is not None and tuple(ins[2].shape) != (m,):
-            raise ShapeError(f"{where}: bias shape {list(ins[2].shape)}, expected [{m}]")
-        return [Info(x.dtype, (x.shape[0], m, *p["out"]))]
-    if t in ("MaxPool", "AveragePool"):
-        p = resolve_conv_pool(op, x.shape, None, where)
-        return [Info(x.dtype, (x.shape[0], x.shape[1], *p["out"]))]
-    if t == "FC":
-        w, b = _need(ins, 1, where), _need(ins, 2, where)
-        axis = canonical_axis(args.int("axis", 1), len(x.shape), where)
-        axis_w = canonical_axis(args.int("axis_w", 1), len(w.shape), where)
-        m, k = flatten2d(x.shape, axis)
-        n, kw = flatten2d(w.shape, axis_w)
-        if k != kw:
-            raise ShapeError(f"{where}: input {list(x.shape)} at axis {axis} has {k} features, weight {list(w.shape)} at axis_w {axis_w} has {kw}")
-        if numel(b.shape) != n:
-            raise ShapeError(f"{where}: bias {list(b.shape)} does not have {n} elements")
-        return [Info(x.dtype, (*x.shape[:axis], n))]
-    if t in ("Relu", "Sigmoid", "Tanh", "Copy"):
-        return [x]
-    if t == "LRN":
-        size = args.int("size", 0)
-        if size <= 0 or size % 2 == 0:
-            raise ShapeError(f"{where}: LRN size must be a positive odd number, got {size}")
-        if len(x.shape) != 4:
-            raise ShapeError(f"{where}: LRN needs a 4-D NCHW input, got rank {len(x.shape)}")
-        return [x] + [x] * (len(op.output) - 1)
-    if t == "Softmax":
-        canonical_axis(args.int("axis", 1), len(x.shape), where)
-        return [x]
-    if t == "Flatten":
-        axis = canonical_axis(args.int("axis", 1), len(x.shape) + 1, where)
-        return [Info(x.dtype, flatten2d(x.shape, axis))]
-    if t == "Reshape":
-        if not args.has("shape"):
-            raise ShapeError(f"{where}: Reshape without a 'shape' argument")
-        out = [Info(x.dtype, reshape_target(x.shape, args.ints("shape"), where))]
-        if len(op.output) > 1:
-            out.append(Info(np.dtype(np.int64), (len(x.shape),)))
-        return out
-    if t == "Concat":
-        axis = concat_axis(args, where)
-        add_axis = bool(args.int("add_axis", 0))
-        shapes = [_need(ins, k, where).shape for k in range(len(op.input))]
-        rank = len(shapes[0]) + (1 if add_axis else 0)
-        a = canonical_axis(axis, rank, where)
-        for s in shapes[1:]:
-            if len(s) != len(shapes[0]):
-                raise ShapeError(f"{where}: inputs of ranks {[len(s) for s in shapes]}")
-            for d in range(len(s)):
-                if (add_axis or d != a) and s[d] != shapes[0][d]:
-                    raise ShapeError(f"{where}: input shapes {[list(s) for s in shapes]} differ off the concat axis {a}")
-        if add_axis:
-            out_shape = (*shapes[0][:a], len(shapes), *shapes[0][a:])
-        else:
-            out_shape = (*shapes[0][:a], sum(s[a] for s in shapes), *shapes[0][a + 1 :])
-        out = [Info(x.dtype, out_shape)]
-        if len(op.output) > 1:
-            out.append(Info(np.dtype(np.int32), (len(shapes),)))
-        return out
-    if t == "SpatialBN":
-        c = x.shape[1]
-        for k in range(1, 5):
-            s = _need(ins, k, where).shape
-            if tuple(s) != (c,):
-                raise ShapeError(f"{where}: input {k} has shape {list(s)}, expected [{c}] (channels)")
-        return [x]
-    if t == "Sum":
-        for k in range(1, len(op.input)):
-            if tuple(_need(ins, k, where).shape) != tuple(x.shape):
-                raise ShapeError(f"{where}: Sum inputs have shapes {[list(i.shape) for i in ins]}; Caffe2 Sum needs equal shapes")
-        return [x]
-    if t in BINARY_OPS:
-        b = _need(ins, 1, where)
-        if args.int("broadcast", 0):
-            legacy_broadcast_axis(x.shape, b.shape, args.int("axis", -1), where)
-            return [x]
-        return [Info(x.dtype, numpy_broadcast([x.shape, b.shape], where))]
-    if t == "Dropout":
-        out = [x]
-        if len(op.output) > 1:
-            # under engine CUDNN the mask is cuDNN's reserve space on CUDA: rank 1, length unknown
-            out.append(Info(np.dtype(bool), (None,) if op.engine == "CUDNN" else x.shape))
-        return out
-    if t == "DropoutGrad":
-        if len(ins) > 1 and ins[1] is not None and None not in ins[1].shape and not args.int("is_test", 0):
-            if numel(ins[1].shape) != numel(x.shape):
-                raise ShapeError(f"{where}: mask has {numel(ins[1].shape)} elements, dY {numel(x.shape)}")
-        return [x]
-    raise ShapeError(f"{where}: no shape rule for op type {op.type}")

@@ -25,22 +25,16 @@ from collections import Counter
 
 import numpy as np
 
+from . import ops
 from . import schema
 from . import shapes as S
 from .errors import Caffe2Error, MissingValueInfoError, ShapeError, UnsupportedOpsError
 from .limits import Budget
 from .netdef import Args, make_given_fill
 
-_PRESERVING = frozenset(["Relu", "Sigmoid", "Tanh", "Copy", "Dropout", "LRN", "SpatialBN", "Sum", "DropoutGrad"] + list(S.BINARY_OPS))
-
-
 class _Pin(Exception):
     def __init__(self, key, value):
         self.key, self.value = key, value
-
-
-def _round_up(v, m):
-    return ((v + m - 1) // m) * m
 
 
 class _Walk:
@@ -53,11 +47,21 @@ class _Walk:
         self.origin = {}  # blob -> (pin key, axis) of a width this walk chose
         self.weights = {}  # blob -> (Info, kind, fan_in, op index)
 
-    def _free(self, blob, axis):
+    def free(self, blob, axis):
+        """(pin key, axis) when ``blob``'s dim ``axis`` is a width this walk chose and may still change."""
         o = self.origin.get(blob)
         return o if o is not None and o[1] == axis and o[0] not in self.pins else None
 
-    def _tie(self, where, blobs):
+    @staticmethod
+    def pin(key, value):
+        """Restart the walk with width ``key`` set to ``value``."""
+        raise _Pin(key, value)
+
+    @staticmethod
+    def unread(where, missing):
+        raise ops.unread_error(where, missing[0][1])
+
+    def tie(self, where, blobs):
         """All ``blobs`` must have the same shape (Sum, same-shape binary ops)."""
         ref = self.infos[blobs[0]].shape
         for b in blobs[1:]:
@@ -67,15 +71,15 @@ class _Walk:
             for d in range(len(s)):
                 if s[d] == ref[d]:
                     continue
-                fb = self._free(b, d)
+                fb = self.free(b, d)
                 if fb:
                     raise _Pin(fb[0], ref[d])
-                fa = self._free(blobs[0], d)
+                fa = self.free(blobs[0], d)
                 if fa:
                     raise _Pin(fa[0], s[d])
                 raise ShapeError(f"{where}: shapes {list(ref)} and {list(s)} differ in dim {d} and neither width is free")
 
-    def _weight(self, op, k, slot, blob, shape, kind, fan_in=1):
+    def weight(self, op, k, blob, shape, kind, fan_in=1):
         if blob in self.weights:
             prev = self.weights[blob][0].shape
             if tuple(prev) != tuple(shape):
@@ -91,111 +95,35 @@ class _Walk:
         return self
 
     def step(self, k, op):
-        t = S.canonical(op.type)
+        """One op: its registered synthesiser rule chooses the weights it reads, then its shape rule runs."""
         args = Args(op)
         where = f"{op.type} op #{k}" + (f" ({op.name})" if op.name else "")
-        label = S.unsupported_variant(op, args)
+        label = ops.unsupported_variant(op, args)
         if label:
             raise Caffe2Error(f"{where}: cannot synthesise weights for {label}")
+        d = ops.REGISTRY[S.canonical(op.type)]
         missing = [(s, b) for s, b in enumerate(op.input) if b not in self.infos]
         if missing and missing[0][0] == 0:
-            raise MissingValueInfoError(
-                f"{where} reads {missing[0][1]!r}, which no earlier op writes and no --input / value info gives"
-            )
-        S.check_arity(op, where)
+            self.unread(where, missing)
+        ops.check_arity(op, where)
         x = self.infos[op.input[0]]
         in_origin = self.origin.get(op.input[0]) if op.input else None
-        key = ("op", k)
-        if t in ("Conv", "ConvTranspose"):
-            p = S.conv_pool_params(op, x.shape, where)
-            if p["kernel"] is None:
-                raise ShapeError(f"{where}: no kernel argument, so the weight shape cannot be chosen")
-            g, c = p["group"], x.shape[1]
-            if c % g:
-                free = self._free(op.input[0], 1)
-                if free:
-                    raise _Pin(free[0], _round_up(c, g))
-                raise ShapeError(f"{where}: {c} input channels cannot be split into {g} groups")
-            m = self.pins.get(key, _round_up(self.width, g))
-            if m % g:
-                raise ShapeError(f"{where}: width {m} is not a multiple of group {g}")
-            kernel = list(p["kernel"])
-            if t == "Conv":
-                w_shape, fan_in = (m, c // g, *kernel), (c // g) * math.prod(kernel)
-            else:
-                w_shape, fan_in = (c, m // g, *kernel), (c // g) * math.prod(kernel)
-            for slot, b in missing:
-                if slot == 1:
-                    self._weight(op, k, 1, b, w_shape, "conv", fan_in)
-                elif slot == 2:
-                    self._weight(op, k, 2, b, (m,), "bias")
-        elif t == "FC":
-            axis = S.canonical_axis(args.int("axis", 1), len(x.shape), where)
-            kk = S.numel(x.shape[axis:])
-            n = self.pins.get(key, self.fc_width)
-            axis_w = args.int("axis_w", 1)
-            if axis_w < 1:
-                raise ShapeError(f"{where}: axis_w {axis_w} is not supported when synthesising")
-            for slot, b in missing:
-                if slot == 1:
-                    self._weight(op, k, 1, b, (1,) * (axis_w - 1) + (n, kk), "fc", kk)
-                elif slot == 2:
-                    self._weight(op, k, 2, b, (n,), "bias")
-        elif t == "SpatialBN":
-            c = x.shape[1]
-            kinds = {1: "bn_scale", 2: "bn_bias", 3: "bn_mean", 4: "bn_var"}
-            for slot, b in missing:
-                self._weight(op, k, slot, b, (c,), kinds.get(slot, "bias"))
-        elif t in S.BINARY_OPS and missing:
-            if args.int("broadcast", 0):
-                axis = args.int("axis", -1)
-                shape = (x.shape[axis],) if axis != -1 else (x.shape[-1],) if x.shape else ()
-            else:
-                shape = x.shape
-            self._weight(op, k, 1, missing[0][1], shape, "scale" if t in ("Mul", "Div") else "offset")
-        elif t == "Sum" and missing:
-            for slot, b in missing:
-                self._weight(op, k, slot, b, x.shape, "offset")
+        if d.synth is not None:
+            d.synth(self, op, k, args, x, missing, where)
         elif missing:
-            raise MissingValueInfoError(
-                f"{where} reads {missing[0][1]!r}, which no earlier op writes and no --input / value info gives"
-            )
-        if t == "Sum":
-            self._tie(where, list(op.input))
-        elif t in S.BINARY_OPS and not args.int("broadcast", 0):
-            a, b = self.infos[op.input[0]], self.infos[op.input[1]]
-            if len(a.shape) == len(b.shape) and all(p == q or 1 in (p, q) for p, q in zip(a.shape, b.shape)):
-                pass
-            else:
-                self._tie(where, list(op.input[:2]))
-        elif t == "Concat":
-            self._concat_tie(op, args, where)
+            self.unread(where, missing)
         ins = [self.infos.get(b) for b in op.input]
-        outs = S.infer(op, ins, where, self.budget)
+        outs = ops.infer(op, ins, where, self.budget)
         for b, info in zip(op.output, outs):
             self.infos[b] = info
             self.origin.pop(b, None)
-        if t in ("Conv", "ConvTranspose"):
+        key = ("op", k)
+        if d.width == "new_channels":
             self.origin[op.output[0]] = (key, 1)
-        elif t == "FC":
+        elif d.width == "new_last":
             self.origin[op.output[0]] = (key, len(outs[0].shape) - 1)
-        elif t in _PRESERVING or t in ("MaxPool", "AveragePool"):
-            o = in_origin
-            if o is not None and (t not in ("MaxPool", "AveragePool") or o[1] == 1):
-                self.origin[op.output[0]] = o
-
-    def _concat_tie(self, op, args, where):
-        axis = S.concat_axis(args, where)
-        add_axis = bool(args.int("add_axis", 0))
-        first = self.infos[op.input[0]].shape
-        a = axis + len(first) + (1 if add_axis else 0) if axis < 0 else axis
-        for b in op.input[1:]:
-            s = self.infos[b].shape
-            for d in range(min(len(s), len(first))):
-                if (add_axis or d != a) and s[d] != first[d]:
-                    fb = self._free(b, d) or self._free(op.input[0], d)
-                    if fb:
-                        raise _Pin(fb[0], first[d] if self._free(b, d) else s[d])
+        elif in_origin is not None and (d.width == "keep" or (d.width == "channels" and in_origin[1] == 1)):
+            self.origin[op.output[0]] = in_origin
 
 
 def choose_shapes(net, data, *, width=16, fc_width=32, max_pins=256, budget=None):
@@ -244,7 +172,7 @@ def synthesize(predict_net, data, *, seed=0, width=16, fc_width=32, calibrate=Tr
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise Caffe2Error(f"the seed must be a non-negative integer, not {seed!r}")
     budget = Budget.of(budget)
-    bad = Counter(label for op in predict_net.op if (label := S.unsupported_variant(op, Args(op))))
+    bad = Counter(label for op in predict_net.op if (label := ops.unsupported_variant(op, Args(op))))
     if bad:
         raise UnsupportedOpsError(bad, where="predict_net (synth-init)")
     walk = choose_shapes(predict_net, data, width=width, fc_width=fc_width, budget=budget)
