@@ -315,3 +315,65 @@ def test_fill_errors_name_the_op():
         workspace.RunOperatorOnce(make_op("XavierFill", [], ["w"]))
     with pytest.raises(WorkspaceError, match=r"init_net op #0 ConstantFill for 'c': unsupported dtype 999"):
         workspace.RunOperatorOnce(make_op("ConstantFill", [], ["c"], shape=[1], dtype=999))
+
+
+# ------------------------------------------------------------------------------------- training nets
+
+
+@pytest.mark.parametrize("name", ["mlp_dropout_sgd", "lenet_dropout_momentum"])
+def test_training_net_run_net_follows_caffe2s_trajectory(name):
+    """A Caffe2 training net created once and run 4 times reproduces what real Caffe2 recorded after
+    every step (../shared/caffe2_train_nets: parameters, gradients, momenta, masks, iteration, lr)."""
+    from caffe2_helpers import max_rel_error, shared_file
+
+    folder = shared_file("caffe2_train_nets", name)
+    init_values = caffe2_pb2.NetDef()
+    init_values.ParseFromString((folder / "init_values.pb").read_bytes())
+    train = caffe2_pb2.NetDef()
+    text_format.Merge((folder / "train_net.pbtxt").read_text(), train)
+    workspace.RunNetOnce(init_values)
+    with np.load(folder / "trajectory.npz") as z:
+        traj = {k: z[k] for k in z.files}
+    for key, value in traj.items():
+        if key.startswith("fed/"):
+            workspace.FeedBlob(key[4:], value)
+    workspace.CreateNet(train)
+    for step in range(4):
+        workspace.RunNet(train.name)
+        keys = [k for k in traj if k.startswith(f"step{step}/")]
+        assert len(keys) > 5
+        for key in keys:
+            got, ref = workspace.FetchBlob(key.split("/", 1)[1]), traj[key]
+            assert isinstance(got, np.ndarray), f"{key}: left unwritten"
+            assert got.dtype == ref.dtype and got.shape == ref.shape, key
+            if ref.dtype.kind == "f":
+                assert max_rel_error(got, ref) <= 1e-4, key
+            else:
+                np.testing.assert_array_equal(got, ref, err_msg=key)  # masks, the iteration counter
+
+
+def test_training_net_state_fed_between_runs_is_used():
+    """In-place state stays the workspace's: a parameter fed between runs is what the next step updates."""
+    w = np.ones((2, 3), np.float32)
+    ops = [
+        make_op("FC", ["X", "w", "b"], ["y"]),
+        make_op("AveragedLoss", ["y"], ["loss"]),
+        make_op("ConstantFill", ["loss"], ["loss_grad"], value=1.0),
+        make_op("AveragedLossGradient", ["y", "loss_grad"], ["y_grad"]),
+        make_op("FCGradient", ["X", "w", "y_grad"], ["w_grad", "b_grad", "X_grad"]),
+        make_op("WeightedSum", ["w", "ONE", "w_grad", "LR"], ["w"]),
+    ]
+    ops[3].is_gradient_op = ops[4].is_gradient_op = True
+    workspace.FeedBlob("X", np.ones((4, 3), np.float32))
+    workspace.FeedBlob("w", w)
+    workspace.FeedBlob("b", np.zeros(2, np.float32))
+    workspace.FeedBlob("ONE", np.ones(1, np.float32))
+    workspace.FeedBlob("LR", np.full(1, -0.5, np.float32))
+    workspace.CreateNet(make_net("sgd", ops, ["X", "w", "b", "ONE", "LR"]))
+    workspace.RunNet("sgd")
+    grad = workspace.FetchBlob("w_grad")  # d mean(y) / dw = mean of X / 2 per output
+    np.testing.assert_allclose(grad, np.full((2, 3), 0.5, np.float32))
+    np.testing.assert_allclose(workspace.FetchBlob("w"), w - 0.5 * grad)
+    workspace.FeedBlob("w", np.zeros((2, 3), np.float32))
+    workspace.RunNet("sgd")
+    np.testing.assert_allclose(workspace.FetchBlob("w"), -0.5 * grad)

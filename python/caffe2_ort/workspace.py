@@ -38,6 +38,7 @@ import numpy as np
 
 from .caffe2 import Caffe2Error, UnsupportedOpsError, convert, schema
 from .caffe2 import netdef as _netdef
+from .caffe2 import training_net
 from .caffe2.netdef import FILL_OPS, Args, evaluate_fill
 
 RNG_MODES = ("caffe2", "philox")
@@ -341,6 +342,9 @@ class _Compiled:
 
     def __init__(self, net, sig, other, rng, what):
         _, writes = _reads_writes(net)
+        if training_net.is_training_net(net):
+            self._training(net, sig, other, rng, what, writes)
+            return
         value_info = {b: (np.dtype(dt), shape) for b, dt, shape in sig}
         body = schema.NetDef()
         body.CopyFrom(net)
@@ -358,21 +362,56 @@ class _Compiled:
                 raise WorkspaceError(f"{what}: blob {b!r} holds {_describe(_blobs[b])}, not a tensor; a converted net reads only tensors") from None
             raise WorkspaceError(f"{what}: {e}") from None
         model = conv.model
-        self.outputs = _widen_outputs(model, conv, writes)
+        self.outputs = _widen_outputs(model, conv.names, writes)
         self.unwritten = [b for b in writes if b not in {c2 for _, c2 in self.outputs}]
         self.model = model.SerializeToString()
         self.inputs = list(conv.inputs)
 
 
-def _widen_outputs(model, conv, writes):
-    """Make the last version of every written blob a graph output of ``model`` (in place); returns
-    ``[(onnx name, blob)]`` for every output that holds a blob."""
+    def _training(self, net, sig, other, rng, what, writes):
+        """A training net (gradient and optimizer ops) as a training-step model: the tensors it reads
+        and also updates (parameters, momenta, the iteration counter) are its state, handed to the
+        converter as an init net of the workspace's current values and fed from the workspace on
+        every run like the blobs it only reads; the updated state, loss, masks and every other blob
+        the model computes are written back."""
+        written = set(writes)
+        state = [b for b, _, _ in sig if b in written]
+        init = schema.NetDef(name="workspace_state")
+        for b in state:
+            init.op.add().CopyFrom(_netdef.make_given_fill(b, _blobs[b]))
+        mutexes = [b for b in other if _blobs[b] is _MUTEX]
+        for b in mutexes:
+            init.op.add(type="CreateMutex", output=[b])
+        fed = {b: (np.dtype(dt), shape) for b, dt, shape in sig if b not in written}
+        unreadable = [b for b in other if b not in mutexes]
+        if unreadable:
+            b = unreadable[0]
+            raise WorkspaceError(f"{what}: blob {b!r} holds {_describe(_blobs[b])}, not a tensor; a converted net reads only tensors")
+        try:
+            model, _notes = training_net.convert_training_net(net, init, fed, rng=rng, name=net.name or "workspace_train_net")
+        except Caffe2Error as e:
+            raise WorkspaceError(f"{what}: {e}") from None
+        from .training import metadata
+
+        state_map, _loss, _ = metadata(model)
+        # the last version of a blob keeps its name unless the blob was also read first (state)
+        names = {b: b for b in writes}
+        names.update(state_map)
+        self.outputs = _widen_outputs(model, names, writes)
+        self.unwritten = [b for b in writes if b not in {c2 for _, c2 in self.outputs}]
+        self.model = model.SerializeToString()
+        self.inputs = list(fed) + state
+
+
+def _widen_outputs(model, names, writes):
+    """Make the last version of every written blob (``names``: blob -> its ONNX name) a graph output
+    of ``model`` (in place); returns ``[(onnx name, blob)]`` for every output that holds a blob."""
     import onnx
 
     graph = model.graph
     produced = {o for node in graph.node for o in node.output if o}
     present = {o.name for o in graph.output}
-    wanted = [(conv.names[b], b) for b in writes if b in conv.names and conv.names[b] in produced]
+    wanted = [(names[b], b) for b in writes if b in names and names[b] in produced]
     missing = [o for o, _ in wanted if o not in present]
     if missing:
         inferred = onnx.shape_inference.infer_shapes(model)

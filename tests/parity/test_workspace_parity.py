@@ -11,7 +11,6 @@ from caffe2_helpers import ZOO_NETS, max_rel_error, shared_file
 from caffe2_oracle import find_venv_python
 from caffe2_ort.caffe2 import netdef
 from caffe2_ort.caffe2.synth import synthesize
-from caffe2_ort.workspace import WorkspaceError
 from workspace_port import run_script
 
 pytestmark = pytest.mark.parity
@@ -114,11 +113,13 @@ def test_caffe2_init_net_random_fills(caffe2_python, name):
     assert_same(ours, ref, name)
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=True,
-                   reason="training-net conversion (gradient and optimizer ops) is issue 10's, not on this branch yet")
-def test_training_net_four_steps(caffe2_python):
-    folder = shared_file("caffe2_train_nets", "mlp_dropout_sgd")
+@pytest.mark.parametrize("name", ["mlp_dropout_sgd", "lenet_dropout_momentum"])
+def test_training_net_four_steps(caffe2_python, name):
+    """RunNet of a Caffe2 training net: parameters, optimizer state and loss after each of 4 steps."""
+    folder = shared_file("caffe2_train_nets", name)
     ref = run_script("train_net.py", folder, 4, python=caffe2_python)
-    assert "step3/fc_h_w" in ref
+    assert {"step3/loss", "step3/optimizer_iteration"} <= set(ref)
     ours = run_script("train_net.py", folder, 4)
-    assert_same(ours, ref, "mlp_dropout_sgd training")
+    assert_same(ours, ref, f"{name} training")
+    first = [k for k in ref if k.startswith("step0/") and ref[k].dtype.kind == "f" and k != "step0/loss"]
+    assert any(not np.array_equal(ref[k], ref["step3/" + k[6:]]) for k in first), "the parameters never moved"
