@@ -14,7 +14,9 @@ as a mutex) live in it between calls; nets are created in it by name.
   fills draw from the op's ``device_option.random_seed``. Every other net is converted to ONNX by
   :func:`caffe2_ort.caffe2.convert` (every blob it reads becomes a graph input fed from the
   workspace; every blob it writes, intermediates too, a graph output written back) and run in ONNX
-  Runtime with the ai.caffe2 ops.
+  Runtime with the ai.caffe2 ops. A training net (gradient and optimizer ops) goes through
+  :func:`caffe2_ort.caffe2.training_net.convert_training_net` instead: the blobs it reads and
+  updates are the training-step model's state, fed from the workspace and written back each run.
 - Dropout is converted with ``rng="caffe2"`` (``rng="caffe2_mt19937"`` on the node: Caffe2's own
   CPU mask stream) unless ``rng="philox"`` is passed to CreateNet / RunNetOnce / RunOperatorOnce or
   set with :func:`SetDefaultRNG`.
