@@ -14,8 +14,8 @@ as a mutex) live in it between calls; nets are created in it by name.
   fills draw from the op's ``device_option.random_seed``. Every other net is converted to ONNX by
   :func:`caffe2_ort.caffe2.convert` (every blob it reads becomes a graph input fed from the
   workspace; every blob it writes, intermediates too, a graph output written back) and run in ONNX
-  Runtime with the ai.caffe2 ops. A training net (gradient and optimizer ops) goes through
-  :func:`caffe2_ort.caffe2.training_net.convert_training_net` instead: the blobs it reads and
+  Runtime with the ai.caffe2 ops. A training net (gradient and optimizer ops the forward converter lacks)
+  goes through :func:`caffe2_ort.caffe2.training_net.convert_training_net` instead: the blobs it reads and
   updates are the training-step model's state, fed from the workspace and written back each run.
 - Dropout is converted with ``rng="caffe2"`` (``rng="caffe2_mt19937"`` on the node: Caffe2's own
   CPU mask stream) unless ``rng="philox"`` is passed to CreateNet / RunNetOnce / RunOperatorOnce or
@@ -40,13 +40,12 @@ import numpy as np
 
 from .caffe2 import Caffe2Error, UnsupportedOpsError, convert, schema
 from .caffe2 import netdef as _netdef
-from .caffe2 import training_net
+from .caffe2 import caffe2_pb2, training_net
 from .caffe2.netdef import FILL_OPS, Args, evaluate_fill
 
 RNG_MODES = ("caffe2", "philox")
 _default_rng = "caffe2"
 _MODEL_CACHE_SIZE = 64
-DEVICE_CPU, DEVICE_CUDA = 0, 1
 
 
 class WorkspaceError(Caffe2Error, RuntimeError):
@@ -123,7 +122,7 @@ def _check_device(device_option, what):
     if device_option is None:
         return
     dopt = _as_message(device_option, schema.DeviceOption, "DeviceOption")
-    if dopt.device_type != DEVICE_CPU:
+    if dopt.device_type != caffe2_pb2.CPU:
         raise WorkspaceError(
             f"{what}: device_type {dopt.device_type} is not served by caffe2_ort.workspace (CPU only; "
             "for CUDA convert the net with `caffe2-ort convert` and run it with the CUDA provider)"
@@ -344,9 +343,6 @@ class _Compiled:
 
     def __init__(self, net, sig, other, rng, what):
         _, writes = _reads_writes(net)
-        if training_net.is_training_net(net):
-            self._training(net, sig, other, rng, what, writes)
-            return
         value_info = {b: (np.dtype(dt), shape) for b, dt, shape in sig}
         body = schema.NetDef()
         body.CopyFrom(net)
@@ -357,6 +353,11 @@ class _Compiled:
         try:
             conv = convert(body, value_info=value_info, rng=rng, name=net.name or "workspace_net")
         except UnsupportedOpsError as e:
+            # ops the forward converter lacks: a training net's gradient and optimizer ops (a lone
+            # DropoutGrad, which it has, stays on this path)
+            if training_net.is_training_net(net):
+                self._training(net, sig, other, rng, what, writes)
+                return
             raise WorkspaceError(f"{what}: {e}") from None
         except Caffe2Error as e:
             if other:  # the converter's complaint is about a blob it was given no tensor for
