@@ -102,12 +102,20 @@ def test_random_fills_are_drawn_from_the_seed():
     a, mutexes, notes = evaluate_training_init(init, seed=7)
     b, _, _ = evaluate_training_init(init, seed=7)
     c, _, _ = evaluate_training_init(init, seed=8)
-    assert mutexes == ["mutex"] and "default_rng(7)" in notes[0]
+    assert mutexes == ["mutex"] and "--init-seed 7 + op index" in notes[0]
     assert all(np.array_equal(a[k], b[k]) for k in a) and not np.array_equal(a["w"], c["w"])
     assert a["w"].dtype == np.float32 and np.abs(a["w"]).max() <= np.sqrt(3 / 6)
     assert a["it"].dtype == np.int64 and a["it"].tolist() == [0]
     assert abs(a["g"].mean() - 2.0) < 0.1 and abs(a["g"].std() - 0.5) < 0.1
     assert a["u"].min() >= -1.0 and a["u"].max() <= 3.0
+    # an op that carries a random_seed draws Caffe2's values from it, whatever --init-seed says
+    seeded = make_net("init", [("UniformFill", [], ["u"], {"shape": [5], "min": 0.0, "max": 1.0})])
+    seeded.op[0].device_option.random_seed = 1234
+    s7, _, notes7 = evaluate_training_init(seeded, seed=7)
+    s8, _, _ = evaluate_training_init(seeded, seed=8)
+    words = np.random.RandomState(1234).randint(0, 2**32, size=5, dtype=np.uint32)  # raw MT19937 words, init_genrand
+    expected = (words & 0xFFFFFF).astype(np.float32) * np.float32(2.0**-24)
+    assert np.array_equal(s7["u"], expected) and np.array_equal(s8["u"], expected) and not notes7
 
 
 # ----------------------------------------------------------------------------------------------

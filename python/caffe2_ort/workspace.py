@@ -41,7 +41,8 @@ import numpy as np
 from .caffe2 import Caffe2Error, UnsupportedOpsError, convert, schema
 from .caffe2 import netdef as _netdef
 from .caffe2 import caffe2_pb2, training_net
-from .caffe2.netdef import FILL_OPS, Args, evaluate_fill
+from .caffe2.netdef import FILL_OPS, evaluate_fill
+from .caffe2.random_fills import RANDOM_FILLS, op_seed, random_fill
 
 RNG_MODES = ("caffe2", "philox")
 _default_rng = "caffe2"
@@ -208,66 +209,18 @@ def CurrentWorkspace() -> str:
 # native ops: fills
 
 
-def _seed_words(op, net, count):
-    """``count`` 32-bit words of the op's MT19937 (Caffe2 seeds one per op instance with
-    device_option.random_seed, the standard init_genrand; unset: a fresh seed)."""
-    dopt = op.device_option if op.HasField("device_option") else (net.device_option if net is not None and net.HasField("device_option") else None)
-    if dopt is not None and dopt.HasField("random_seed"):
-        seed = int(dopt.random_seed)
-    else:
-        seed = int.from_bytes(os.urandom(4), "little")
-    bits = np.random.MT19937()
-    bits._legacy_seeding(seed)  # init_genrand(seed), as std::mt19937 / numpy's RandomState
-    return bits.random_raw(count).astype(np.uint64) if count else np.zeros(0, np.uint64)
-
-
-def _uniform(words, a, b):
-    """Caffe2's float uniform: 24 bits of each word, ``u * (b - a) + a`` in float32 (measured)."""
-    f = np.float32
-    a, b = f(a), f(b)
-    u = (words & np.uint64(0xFFFFFF)).astype(np.float32) * f(2.0**-24)
-    return u * (b - a) + a
-
-
-def _gaussian(op, net, n, mean, std):
-    """Caffe2's float gaussian: Box-Muller on pairs of float uniforms, r·cos(θ) then the cached
-    r·sin(θ) (measured against real Caffe2 to float32 rounding)."""
-    pairs = (n + 1) // 2
-    u = _uniform(_seed_words(op, net, 2 * pairs), 0.0, 1.0)
-    u1, u2 = u[0::2], u[1::2]
-    f = np.float32
-    r = np.sqrt(f(-2.0) * np.log(f(1.0) - u2))
-    theta = f(2.0 * np.pi) * u1
-    z = np.empty(2 * pairs, np.float32)
-    z[0::2], z[1::2] = r * np.cos(theta), r * np.sin(theta)
-    return (z[:n] * f(std) + f(mean)).astype(np.float32)
-
-
-RANDOM_FILLS = ("XavierFill", "MSRAFill", "GaussianFill", "UniformFill")
 NATIVE_OPS = frozenset(FILL_OPS) | set(RANDOM_FILLS) | {"CreateMutex"}
 
 
 def _random_fill(k, op, net):
-    where = _where(k, op)
-    args = Args(op, where)
-    if len(op.input) or not args.has("shape"):
-        raise WorkspaceError(f"{where}: only a 'shape' argument is supported for {op.type} (no input-shaped fills)")
-    shape = tuple(int(d) for d in args.ints("shape"))
-    if any(d < 0 for d in shape):
-        raise WorkspaceError(f"{where}: negative dimension in shape {list(shape)}")
-    n = int(np.prod(shape, dtype=np.int64))
-    if op.type == "UniformFill":
-        out = _uniform(_seed_words(op, net, n), args.float("min", 0.0), args.float("max", 1.0))
-    elif op.type == "XavierFill":
-        fan_in = n // shape[0] if shape and shape[0] else 0
-        scale = np.sqrt(np.float32(3.0) / np.float32(fan_in))
-        out = _uniform(_seed_words(op, net, n), -scale, scale)
-    elif op.type == "MSRAFill":
-        fan_out = n // shape[1] if len(shape) > 1 and shape[1] else 0
-        out = _gaussian(op, net, n, 0.0, np.sqrt(np.float32(2.0) / np.float32(fan_out)))
-    else:  # GaussianFill
-        out = _gaussian(op, net, n, args.float("mean", 0.0), args.float("std", 1.0))
-    return out.reshape(shape)
+    """Caffe2's draw (caffe2/random_fills.py) from the op's or net's random_seed; unset: a fresh seed."""
+    seed = op_seed(op, net)
+    if seed is None:
+        seed = int.from_bytes(os.urandom(4), "little")
+    try:
+        return random_fill(op, seed, _where(k, op))
+    except Caffe2Error as e:
+        raise WorkspaceError(str(e)) from None
 
 
 def _run_native(net):

@@ -117,7 +117,8 @@ def add_commands(subparsers) -> None:
     p.add_argument("--train", action="store_true",
                    help="write a training-step model (the default when the net holds gradient or optimizer ops)")
     p.add_argument("--init-seed", type=_seed, default=0,
-                   help="numpy seed of a training init_net's random fills (XavierFill, MSRAFill, ...; default 0)")
+                   help="seed (plus the op index) of a training init_net's random fills that carry no "
+                        "device_option.random_seed (XavierFill, MSRAFill, ...; default 0)")
     p.add_argument("-o", "--output", required=True, metavar="MODEL.onnx")
     p.set_defaults(func=cmd_convert)
 

@@ -31,6 +31,7 @@ from .. import gradients as GR
 from .. import optimizers as OPT
 from .. import training as TR
 from . import netdef, ops
+from . import random_fills as RF
 from . import shapes as S
 from .errors import Caffe2Error, FillError, ShapeError, UnsupportedOpsError
 from .limits import Budget, check_shape
@@ -121,38 +122,19 @@ def is_training_net(net) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# init nets: Given*Fill, ConstantFill, random fills drawn with numpy, CreateMutex
+# init nets: Given*Fill, ConstantFill, random fills drawn as Caffe2 draws them, CreateMutex
 
-RANDOM_FILLS = ("XavierFill", "MSRAFill", "GaussianFill", "UniformFill")
 DEFAULT_SEED = 0
-
-
-def _random_fill(op, rng, desc, budget):
-    args = Args(op, desc)
-    shape = check_shape(f"{desc}: shape", args.ints("shape", []), FillError)
-    budget.check(desc, shape, np.float32)
-    n = int(np.prod(shape)) if shape else 1
-    if op.type == "XavierFill":  # U(-s, s), s = sqrt(3 / fan_in), fan_in = numel / shape[0]
-        s = np.sqrt(3.0 / max(n // max(shape[0], 1), 1)) if shape else 1.0
-        v = rng.uniform(-s, s, shape)
-    elif op.type == "MSRAFill":  # N(0, sqrt(2 / fan_out)), fan_out = numel / shape[1]
-        fan_out = n // shape[1] if len(shape) > 1 and shape[1] else n
-        v = rng.normal(0.0, np.sqrt(2.0 / max(fan_out, 1)), shape)
-    elif op.type == "GaussianFill":
-        v = rng.normal(args.float("mean", 0.0), args.float("std", 1.0), shape)
-    else:
-        v = rng.uniform(args.float("min", 0.0), args.float("max", 1.0), shape)
-    return np.asarray(v, np.float32)
 
 
 def evaluate_training_init(init_net, *, seed=DEFAULT_SEED, skip=(), budget=None):
     """``({blob: array}, mutexes, notes)`` of a training init net. Random fills are drawn with
-    ``numpy.random.default_rng(seed)`` in op order (not Caffe2's values: a checkpoint of
-    Given*Fill ops reproduces a run exactly); ``CreateMutex`` outputs are returned as mutexes."""
+    Caffe2's own generator (caffe2/random_fills.py) from each op's device_option.random_seed, so a
+    seeded init net gives Caffe2's initial values; an op with no seed (Caffe2 would draw a fresh one)
+    uses ``seed + its op index``. ``CreateMutex`` outputs are returned as mutexes."""
     budget = Budget.of(budget)
-    rng = np.random.default_rng(seed)
     bad = Counter(op.type for op in init_net.op
-                  if op.type not in netdef.FILL_OPS and op.type not in RANDOM_FILLS and op.type != "CreateMutex")
+                  if op.type not in netdef.FILL_OPS and op.type not in RF.RANDOM_FILLS and op.type != "CreateMutex")
     if bad:
         raise UnsupportedOpsError(bad, where="init_net")
     blobs, mutexes, drawn = {}, [], []
@@ -161,19 +143,19 @@ def evaluate_training_init(init_net, *, seed=DEFAULT_SEED, skip=(), budget=None)
         if op.type == "CreateMutex":
             mutexes.extend(op.output)
             continue
-        if op.type in RANDOM_FILLS:
-            if len(op.output) != 1 or len(op.input):
-                raise FillError(f"{desc}: a random fill needs one output, no inputs and a 'shape'")
-            value = _random_fill(op, rng, desc, budget)
-            drawn.append(op.output[0])
+        if op.type in RF.RANDOM_FILLS:
+            op_seed = RF.op_seed(op, init_net)
+            value = RF.random_fill(op, seed + k if op_seed is None else op_seed, desc, budget)
+            if op_seed is None:
+                drawn.append(op.output[0])
         else:
             value = netdef.evaluate_fill(op, blobs, index=k, budget=budget)
         if op.output[0] not in skip:
             blobs[op.output[0]] = value
     notes = []
     if drawn:
-        notes.append(f"init_net: {len(drawn)} random fill(s) drawn with numpy default_rng({seed}), not Caffe2's generator: "
-                     f"{', '.join(drawn)}")
+        notes.append(f"init_net: {len(drawn)} random fill(s) carry no random_seed (Caffe2 would draw fresh seeds); "
+                     f"seeded with --init-seed {seed} + op index: {', '.join(drawn)}")
     return blobs, mutexes, notes
 
 
