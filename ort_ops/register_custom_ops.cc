@@ -17,11 +17,25 @@
 namespace caffe2_ort {
 namespace {
 
-// The newest API table the runtime offers that this library knows: probed downwards from the version
-// compiled against (GetApi(v) returns null for a version the runtime lacks), so nothing is inferred
-// from the version string and a 2.x runtime reads as new. Returns 0 and null below kMinOrtApiVersion.
+// Where the probe starts: a 1.x runtime older than our headers offers API 1.minor at most, and its
+// GetApi prints a line to stderr for every newer version asked, so a "1.<minor>" version string
+// starts the probe there. Anything else (2.x, a string we do not parse) starts at the compiled
+// version: the string only saves probes, GetApi alone decides.
+uint32_t ProbeStart(const OrtApiBase* api_base) {
+  const char* version = api_base->GetVersionString != nullptr ? api_base->GetVersionString() : nullptr;
+  if (version == nullptr || std::strncmp(version, "1.", 2) != 0) return ORT_API_VERSION;
+  uint32_t minor = 0;
+  const char* p = version + 2;
+  if (*p < '0' || *p > '9') return ORT_API_VERSION;
+  for (; *p >= '0' && *p <= '9' && minor < ORT_API_VERSION; ++p) minor = minor * 10 + static_cast<uint32_t>(*p - '0');
+  return minor < ORT_API_VERSION && minor >= kMinOrtApiVersion ? minor : ORT_API_VERSION;
+}
+
+// The newest API table the runtime offers that this library knows: GetApi(v) probed downwards (it
+// returns null for a version the runtime lacks) from ProbeStart, so a 2.x runtime reads as new.
+// Returns 0 and null below kMinOrtApiVersion.
 uint32_t NegotiateApi(const OrtApiBase* api_base, const OrtApi** api) {
-  for (uint32_t v = ORT_API_VERSION; v >= kMinOrtApiVersion; --v) {
+  for (uint32_t v = ProbeStart(api_base); v >= kMinOrtApiVersion; --v) {
     if ((*api = api_base->GetApi(v)) != nullptr) return v;
   }
   *api = nullptr;

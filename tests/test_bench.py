@@ -23,8 +23,12 @@ def result():
 def test_rows_cover_every_variant_dtype_thread_count_and_output_mode(result):
     timed = [v.name for v in bench.VARIANTS if v.name not in result["unavailable"]]
     assert {"dropout+mask", "dropout", "dropout_grad"} <= set(timed)
+    import onnxruntime as ort
+
+    # bfloat16 is left out only where the Python API cannot make its OrtValues (onnxruntime 1.17)
+    assert ("bfloat16" in result["unavailable"]) == (not hasattr(ort.OrtValue, "ortvalue_from_numpy_with_onnx_type"))
     for log2n in (6, 9):
-        for dtype in bench.DTYPES:
+        for dtype in [d for d in bench.DTYPES if d not in result["unavailable"]]:
             for threads in (1, 2):
                 for mode in bench.OUTPUT_MODES:
                     impls = {r["impl"] for r in result["rows"] if (r["log2n"], r["dtype"], r["threads"], r["mode"]) ==

@@ -388,6 +388,12 @@ def measure(sizes, threads_list, dtypes=("float32",), modes=OUTPUT_MODES, varian
     ghz, ghz_source = core_frequency()
     machine = machine_header(ghz, ghz_source)
     unavailable = {}
+    import onnxruntime as ort
+
+    if "bfloat16" in dtypes and not hasattr(ort.OrtValue, "ortvalue_from_numpy_with_onnx_type"):
+        # bfloat16 tensors reach ORT only as typed OrtValues, which older Python APIs cannot make.
+        unavailable["bfloat16"] = f"onnxruntime {ort.__version__} has no OrtValue.ortvalue_from_numpy_with_onnx_type"
+        dtypes = tuple(d for d in dtypes if d != "bfloat16")
     runnable = []
     for v in variants:
         reason = probe_variant(v)

@@ -274,6 +274,7 @@ class TrainingSession:
             session_options = ort.SessionOptions()
             session_options.log_severity_level = 3  # state initializers are graph inputs by design: no warnings
         so = session_options
+        runtime_workarounds(so)
         register(so)
         self.session = ort.InferenceSession(model.SerializeToString(), so,
                                             providers=list(providers or ["CPUExecutionProvider"]))
@@ -363,3 +364,21 @@ class TrainingSession:
         if path is not None:
             onnx.save(model, str(path))
         return model
+
+
+def runtime_workarounds(so):
+    """Session settings every session running a training graph needs on the installed onnxruntime.
+
+    Measured on onnxruntime 1.17.3: with memory patterns (planned from the first run, used from the
+    second) the converted lenet training net computes wrong parameter gradients from its second step
+    on; without them every step matches Caffe2's trajectory, as 1.18 and later do with them. The cause
+    is not isolated (README, supported versions)."""
+    import onnxruntime as ort
+
+    if _version_tuple(ort.__version__) < (1, 18):
+        so.enable_mem_pattern = False
+    return so
+
+
+def _version_tuple(version):
+    return tuple(int(p) for p in version.split(".")[:2] if p.isdigit())

@@ -397,7 +397,9 @@ def _session(compiled):
 
     from . import _library
 
-    so = ort.SessionOptions()
+    from .training import runtime_workarounds
+
+    so = runtime_workarounds(ort.SessionOptions())
     so.log_severity_level = 3
     _library.register(so, "cpu")
     return ort.InferenceSession(compiled.model, so, providers=["CPUExecutionProvider"])
