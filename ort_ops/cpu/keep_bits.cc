@@ -7,6 +7,10 @@
 
 #include "cpu/isa.h"
 
+#if C2ORT_X86
+#include <cpuid.h>
+#endif
+
 namespace caffe2_ort {
 namespace {
 
@@ -289,6 +293,14 @@ C2ORT_DEFINE_KEEP_BITS_AVX512(KeepBitsAvx512Ifma, C2ORT_TARGET_AVX512_IFMA, Phil
 
 }  // namespace
 
+#if C2ORT_X86
+// F16C from CPUID leaf 1 (ECX bit 29): gcc before 11 has no __builtin_cpu_supports("f16c").
+static bool HasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
+}
+#endif
+
 CpuIsa SelectCpuIsa() {
   CpuIsa best = CpuIsa::kScalar;
 #if C2ORT_X86
@@ -297,7 +309,7 @@ CpuIsa SelectCpuIsa() {
       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("bmi2")) {
     best = CpuIsa::kAvx512;
     if (__builtin_cpu_supports("avx512ifma") && __builtin_cpu_is("intel")) best = CpuIsa::kAvx512Ifma;
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c")) {
+  } else if (__builtin_cpu_supports("avx2") && HasF16c()) {
     best = CpuIsa::kAvx2;
   }
 #endif
