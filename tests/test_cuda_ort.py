@@ -57,13 +57,13 @@ def test_cudnn_handles_are_created_only_with_the_kernel():
     ctor = text[text.index("CudnnHandleSource::CudnnHandleSource("):text.index("CudnnHandleSource::~")]
     assert "cudnnCreate(" in ctor
     # and the kernels build their handle sources in their constructors only
-    src = (CUDA_SOURCES / "cudnn_kernel.h").read_text()
+    src = (CUDA_SOURCES / "dnn_kernel.h").read_text()
     ctor = src[src.index("  CudnnKernelState(const OrtKernelInfo*"):src.index("  CudnnKernelState(const CudnnKernelState&)")]
     assert src.count("make_unique<CudnnHandleSource>") == ctor.count("make_unique<CudnnHandleSource>") > 0
 
 
 def test_gradient_never_seeds_cudnn_states():
-    src = (CUDA_SOURCES / "cudnn_kernel.h").read_text()
+    src = (CUDA_SOURCES / "dnn_kernel.h").read_text()
     branches = re.findall(r"if \(role_ == Role::kBackward\) \{(.*?)\n    \}", src, re.S)
     assert len(branches) == 2  # at kernel creation, and on the first call with onnxruntime 1.17
     for branch in branches:

@@ -136,7 +136,7 @@ void CudaDropout<E>::ComputeCudnn(OrtKernelContext* context, cudaStream_t stream
     reserve = ctx.GetOutput(1, mask_shape, 1).GetTensorMutableData<bool>();
   }
   if (n == 0) return;
-  // Without a mask output, cuDNN's reserve space is scratch memory from ORT (see cuda/cudnn_kernel.h).
+  // Without a mask output, cuDNN's reserve space is scratch memory from ORT (see cuda/dnn_kernel.h).
   cudnn_->Forward(context, stream, input.GetTensorRawData(), output.GetTensorMutableRawData(), reserve, bytes, n);
 }
 

@@ -1,7 +1,7 @@
 // ai.caffe2 Dropout on the CUDA execution provider: the Philox kernels of dropout_impl.cu for
 // engine "" / "DEFAULT" (counter in device memory, cuda/device_counter.h), Caffe2's MT19937 stream
 // drawn on the host for rng = "caffe2_mt19937" (cuda/mt19937_staging.h), cuDNN's dropout for
-// engine "CUDNN" (cuda/cudnn_kernel.h).
+// engine "CUDNN" (cuda/dnn_kernel.h).
 #pragma once
 
 #include <array>
@@ -11,7 +11,7 @@
 #include "common/dropout_config.h"
 #include "common/element_types.h"
 #include "common/ort_api.h"
-#include "cuda/cudnn_kernel.h"
+#include "cuda/dnn_kernel.h"
 #include "cuda/device_counter.h"
 #include "cuda/mt19937_staging.h"
 

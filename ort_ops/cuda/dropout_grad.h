@@ -8,7 +8,7 @@
 #include "common/dropout_config.h"
 #include "common/element_types.h"
 #include "common/ort_api.h"
-#include "cuda/cudnn_kernel.h"
+#include "cuda/dnn_kernel.h"
 
 namespace caffe2_ort {
 namespace cuda {
