@@ -371,8 +371,9 @@ def runtime_workarounds(so):
 
     Measured on onnxruntime 1.17.3: with memory patterns (planned from the first run, used from the
     second) the converted lenet training net computes wrong parameter gradients from its second step
-    on; without them every step matches Caffe2's trajectory, as 1.18 and later do with them. The cause
-    is not isolated (README, supported versions)."""
+    on; without them every step matches Caffe2's trajectory, as 1.18 and later do with them. The fault is
+    the runtime's: it stays with every ai.caffe2 node replaced by standard ops, and goes when every
+    intermediate is made a graph output (another memory plan); scripts/ort_mem_pattern_repro.py shows it."""
     import onnxruntime as ort
 
     if _version_tuple(ort.__version__) < (1, 18):
