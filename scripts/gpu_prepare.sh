@@ -7,6 +7,12 @@
 #                                     what is already there and checks out; then check them and print the calls
 #   scripts/gpu_prepare.sh --check    make nothing: check the items and print the calls (exit 1 if one is
 #                                     missing or damaged)
+#   scripts/gpu_prepare.sh --rehearse check, then play the GPU machine's part here: a copy of what the
+#                                     calls send (the tree and the carry items, no ../shared beside it) in
+#                                     a temporary folder, run_all.sh --received, --dry-run and the full run
+#                                     there, without network where `unshare -n` works (root); everything
+#                                     up to the GPU work must pass (PYTHON: the Python to run it with,
+#                                     default .venv/bin/python, else python3)
 #
 # Run it in the checkout the `run` tool sends (the lead's: the tool copies that one, whoever calls it).
 # The items (each read on the GPU machine by tests/gpu/run_all.sh from the same place):
@@ -34,10 +40,12 @@ LIMIT_MIB=${CARRY_LIMIT_MIB:-63}
 # The ../shared files the GPU tests read (tests/test_cuda_ort.py, tests/test_cuda_rng.py).
 SHARED_SUBSETS=(caffe2_models/bvlc_alexnet caffe2_rng)
 check_only=0
+rehearse=0
 case "${1:-}" in
   --check) check_only=1 ;;
+  --rehearse) check_only=1; rehearse=1 ;;
   "") ;;
-  *) sed -n '2,26p' "$0"; exit 2 ;;
+  *) sed -n '2,32p' "$0"; exit 2 ;;
 esac
 
 say() { printf 'gpu_prepare: %s\n' "$*"; }
@@ -155,3 +163,27 @@ echo
 echo "The last call's reply ends with the summary (tests, checks, benchmark table); its files come back"
 echo "from \$OUT (summary.txt, env.txt, build.log, pytest.log, gpu_checks.log/json, bench_ort.log/json)."
 echo "If --received or the run says a part is missing (the machine went back in between), start over at call 1."
+[[ $rehearse -eq 1 ]] || exit 0
+
+# ------------------------------------------------------------------------------------------ rehearsal
+dir=$(mktemp -d /tmp/gpu-rehearse.XXXXXX)
+repo="$dir/repo"
+mkdir -p "$repo"
+git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -x -C "$repo"
+for it in "${items[@]}"; do
+  mkdir -p "$repo/$(dirname "$it")"
+  cp -r "$it" "$repo/$it"
+done
+rpy=${PYTHON:-}
+[[ -z "$rpy" && -x "$ROOT/.venv/bin/python" ]] && rpy="$ROOT/.venv/bin/python"
+rpy=${rpy:-python3}
+offline=()
+if command -v unshare >/dev/null && unshare -n true 2>/dev/null; then offline=(unshare -n); fi
+echo
+say "rehearsal in $repo (python $rpy, ${offline[*]:-with network: unshare -n unavailable})"
+(cd "$repo" && "${offline[@]}" bash tests/gpu/run_all.sh --received)
+rc_dry=0 rc_run=0
+(cd "$repo" && "${offline[@]}" env PYTHON="$rpy" OUT="$dir/out-dry" bash tests/gpu/run_all.sh --dry-run) || rc_dry=$?
+(cd "$repo" && "${offline[@]}" env PYTHON="$rpy" OUT="$dir/out" bash tests/gpu/run_all.sh) || rc_run=$?
+say "rehearsal: dry run exit $rc_dry, full run exit $rc_run (without a GPU its GPU steps fail or skip: read $dir/out/summary.txt)"
+[[ $rc_dry -eq 0 ]]

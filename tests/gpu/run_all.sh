@@ -204,6 +204,9 @@ fi
 gen=()
 command -v ninja >/dev/null && gen=(-G Ninja)
 export CAFFE2_ORT_CUDA_LIB="$BUILD/libcaffe2_ort_cuda.so"
+# caffe2_ort's own finder (TrainingSession, register()) looks only in the package's lib/ folder, which a
+# checkout does not have: it gets the CUDA build (which holds the CPU kernels too).
+export CAFFE2_ORT_LIBRARY=${CAFFE2_ORT_LIBRARY:-$CAFFE2_ORT_CUDA_LIB}
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 TESTS=("$ROOT/tests/test_cuda_build.py" "$ROOT/tests/test_cuda_ort.py" "$ROOT/tests/test_cuda_rng.py")
 
@@ -252,6 +255,9 @@ if [[ $? -ne 0 ]]; then
   exit 1
 fi
 say "build (sm_$CAFFE2_ORT_CUDA_ARCHS): $(($(date +%s) - start)) s"
+if [[ $CORE -eq 1 ]]; then
+  say "caffe2_ort.get_library_path(): $("$PY" -c 'import caffe2_ort; print(caffe2_ort.get_library_path())' 2>&1 | tail -1)"
+fi
 
 # ---------------------------------------------------------------------------------------- checks
 if [[ $CORE -eq 1 ]] && has pytest; then
