@@ -5,6 +5,7 @@ from breaking unseen. Each takes seconds; they skip where bash or coreutils' tim
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -106,6 +107,9 @@ def test_run_all_received_lists_the_parts(tmp_path):
     assert "part.00" in proc.stdout and "ort-headers: not yet" in proc.stdout
 
 
+PART_BYTES = 2 << 20  # the stand-in parts: 2 MiB each
+
+
 @pytest.fixture
 def fake_carry():
     """A complete carry folder with small stand-in parts, inside build/ (git-ignored) as the script requires."""
@@ -114,7 +118,7 @@ def fake_carry():
     try:
         (carry / "ortgpu").mkdir(parents=True)
         for k in range(3):
-            (carry / "ortgpu" / f"part.0{k}").write_bytes(bytes([k]) * (1 << 20))
+            (carry / "ortgpu" / f"part.0{k}").write_bytes(bytes([k]) * PART_BYTES)
         (carry / "ortgpu" / "ort-gpu-carry.sh").write_text("#!/bin/sh\n")
         subprocess.run("sha256sum part.* > SHA256SUMS", shell=True, check=True, cwd=carry / "ortgpu")
         (carry / "ort-headers").mkdir()
@@ -139,7 +143,7 @@ def test_prepare_check_plans_calls_within_the_limit(fake_carry):
     tree = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
                           capture_output=True, check=True).stdout.split(b"\0")
     tree_mib = sum((ROOT / f.decode()).stat().st_size for f in tree if f and (ROOT / f.decode()).is_file()) / 2**20
-    limit = int(tree_mib + 1.6) + 1  # room for one 1 MiB part per call, not two
+    limit = math.ceil(tree_mib + 2.1)  # room for the tree and one 2 MiB part per call, never two parts
     proc = _prepare_check(fake_carry, limit)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     calls = re.findall(r"call (\d+)/(\d+) \(([\d.]+) MiB\): timeout_s (\d+)\n  carry:   \[(.*)\]\n  command: (.*)",
