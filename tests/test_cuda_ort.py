@@ -297,22 +297,18 @@ def test_iobinding_with_device_buffers(gpu, dtype):
             assert _same(v.numpy(), r), (run, name)
 
 
-def test_four_python_threads_share_one_session(gpu):
-    """Concurrent runs take disjoint counter ranges: the 4 x 6 masks are exactly the CPU's runs 0..23."""
-    model = dropout_model("float32", ratio=0.5, seed=21)
-    cuda = _session(model, CUDA)
-    cpu = _session(model, CPU)
-    x = _sample((257, 129), "float32", special=False)
-    per_thread, threads = 6, 4
+def run_in_threads(call, threads=4, per_thread=6) -> list:
+    """Calls call() per_thread times on each of `threads` Python threads at once; every result (an
+    exception in a thread fails the test)."""
     results, errors = [], []
     lock = threading.Lock()
 
     def work():
         try:
             for _ in range(per_thread):
-                _, y, m = cuda.run(None, {"X": x})
+                r = call()
                 with lock:
-                    results.append((y, m))
+                    results.append(r)
         except Exception as e:  # reported below
             errors.append(e)
 
@@ -322,15 +318,31 @@ def test_four_python_threads_share_one_session(gpu):
     for t in ts:
         t.join()
     assert not errors, errors
+    return results
+
+
+def assert_first_runs_of(results, cpu_run) -> None:
+    """results, (Y, mask) pairs of concurrent runs, are exactly cpu_run()'s first len(results) runs
+    (in any order): no two drew the same mask, none drew outside them, each Y matches its mask's run."""
     expected = {}
-    for _ in range(threads * per_thread):
-        _, y, m = cpu.run(None, {"X": x})
+    for _ in range(len(results)):
+        y, m = cpu_run()
         expected[m.tobytes()] = y
     got = [m.tobytes() for _, m in results]
-    assert len(set(got)) == threads * per_thread, "two runs drew the same mask"
-    assert set(got) == set(expected), "a concurrent run used a base outside runs 0..23"
+    assert len(set(got)) == len(results), "two runs drew the same mask"
+    assert set(got) == set(expected), f"a concurrent run drew outside the CPU's runs 0..{len(results) - 1}"
     for y, m in results:
         assert _same(y, expected[m.tobytes()])
+
+
+def test_four_python_threads_share_one_session(gpu):
+    """Concurrent runs take disjoint counter ranges: the 4 x 6 masks are exactly the CPU's runs 0..23."""
+    model = dropout_model("float32", ratio=0.5, seed=21)
+    cuda = _session(model, CUDA)
+    cpu = _session(model, CPU)
+    x = _sample((257, 129), "float32", special=False)
+    results = run_in_threads(lambda: cuda.run(None, {"X": x})[1:], threads=4, per_thread=6)
+    assert_first_runs_of(results, lambda: cpu.run(None, {"X": x})[1:])
 
 
 # ------------------------------------------------------------------------------------ cuDNN engine
@@ -389,24 +401,14 @@ def test_cudnn_four_threads(gpu):
     dropout of X, and no two runs draw the same mask."""
     cuda = _session(_cudnn_model(TensorProto.FLOAT, with_mask=False), CUDA)
     x = (np.random.default_rng(4).random((256, 4099)) + 0.5).astype(np.float32)
-    masks, errors = [], []
 
-    def work():
-        try:
-            for _ in range(5):
-                (y,) = cuda.run(None, {"X": x})
-                kept = y != 0
-                np.testing.assert_allclose(y[kept], x[kept] / np.float32(0.7), rtol=1e-6)
-                masks.append(np.packbits(kept).tobytes())
-        except Exception as e:
-            errors.append(e)
+    def one_run():
+        (y,) = cuda.run(None, {"X": x})
+        kept = y != 0
+        np.testing.assert_allclose(y[kept], x[kept] / np.float32(0.7), rtol=1e-6)
+        return np.packbits(kept).tobytes()
 
-    ts = [threading.Thread(target=work) for _ in range(4)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors, errors
+    masks = run_in_threads(one_run, threads=4, per_thread=5)
     assert len(set(masks)) == 20
 
 

@@ -16,7 +16,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -89,7 +88,8 @@ def test_capture_refusal_message_is_the_op_tables():
 # ------------------------------------------------------------------------------------ on a GPU
 
 pytest.importorskip("onnxruntime")
-from test_cuda_ort import CPU, CUDA, _lib, _same, _sample, _session, gpu  # noqa: E402,F401
+from test_cuda_ort import (CPU, CUDA, _lib, _same, _sample, _session, assert_first_runs_of,  # noqa: E402,F401
+                           gpu, run_in_threads)
 
 from caffe2_ort import reference as R  # noqa: E402
 from ort_helpers import DTYPES, dropout_model, plain_dropout_model, shared_path  # noqa: E402
@@ -182,34 +182,8 @@ def test_four_python_threads_take_consecutive_segments(gpu):
     model = plain_dropout_model(ratio=0.5, seed=21, rng=MT, name="threads")
     cuda, cpu = _session(model, CUDA), _session(model, CPU)
     x = _sample((257, 129), "float32", special=False).astype(np.float32)
-    per_thread, threads = 6, 4
-    results, errors = [], []
-    lock = threading.Lock()
-
-    def work():
-        try:
-            for _ in range(per_thread):
-                y, m = cuda.run(None, {"X": x})
-                with lock:
-                    results.append((y, m))
-        except Exception as e:  # reported below
-            errors.append(e)
-
-    ts = [threading.Thread(target=work) for _ in range(threads)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert not errors, errors
-    expected = {}
-    for _ in range(threads * per_thread):
-        y, m = cpu.run(None, {"X": x})
-        expected[m.tobytes()] = y
-    got = [m.tobytes() for _, m in results]
-    assert len(set(got)) == threads * per_thread, "two runs drew the same segment"
-    assert set(got) == set(expected), "a concurrent run drew outside the stream's first 24 segments"
-    for y, m in results:
-        assert _same(y, expected[m.tobytes()])
+    results = run_in_threads(lambda: cuda.run(None, {"X": x}), threads=4, per_thread=6)
+    assert_first_runs_of(results, lambda: cpu.run(None, {"X": x}))
 
 
 def test_caffe2_known_answers_on_cuda(gpu):
@@ -266,8 +240,10 @@ else:
 
 
 def _run(engine, mode="plain"):
+    # keep the caller's PYTHONPATH after ours: on the GPU machine it holds the unpacked onnxruntime-gpu
+    path = os.pathsep.join(p for p in (str(ROOT / "python"), os.environ.get("PYTHONPATH", "")) if p)
     out = subprocess.run([sys.executable, "-c", _SCRIPT, _lib(), engine, mode], capture_output=True, text=True,
-                         timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT / "python")})
+                         timeout=300, env={**os.environ, "PYTHONPATH": path})
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout, out.stderr
 

@@ -1,9 +1,9 @@
 #include "cpu/dropout_grad.h"
 
 #include <cstring>
-#include <vector>
 
 #include "common/errors.h"
+#include "common/grad_io.h"
 #include "cpu/elementwise.h"
 #include "cpu/parallel.h"
 
@@ -19,22 +19,14 @@ CpuDropoutGrad<E>::CpuDropoutGrad(const OrtKernelInfo* info)
 template <Elem E>
 void CpuDropoutGrad<E>::Compute(OrtKernelContext* context) {
   using Storage = typename ElemTraits<E>::Storage;
-  Ort::KernelContext ctx(context);
-  auto grad_out = ctx.GetInput(0);
-  const std::vector<int64_t> shape = grad_out.GetTensorTypeAndShapeInfo().GetShape();
-  const size_t n = grad_out.GetTensorTypeAndShapeInfo().GetElementCount();
-
-  const bool* mask = nullptr;
-  if (!config_.is_test) {
-    auto mask_value = ctx.GetInput(1);
-    CheckMaskCount(config_, mask_value.GetTensorTypeAndShapeInfo().GetElementCount(), n);
-    mask = mask_value.GetTensorData<bool>();
-  }
-
-  auto grad_in = ctx.GetOutput(0, shape);
+  const auto t = GetGradTensors<Storage>(context, config_.is_test, [&](size_t mask_count, uint64_t n) {
+    CheckMaskCount(config_, mask_count, n);
+  });
+  const size_t n = t.n;
   if (n == 0) return;
-  const Storage* dy = static_cast<const Storage*>(grad_out.GetTensorRawData());
-  Storage* dx = static_cast<Storage*>(grad_in.GetTensorMutableRawData());
+  const Storage* dy = t.dy;
+  Storage* dx = t.dx;
+  const bool* mask = t.mask;
 
   if (config_.is_test) {
     ParallelOverElements(context, n, [&](size_t begin, size_t end) {

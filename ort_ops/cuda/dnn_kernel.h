@@ -19,7 +19,6 @@
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -80,7 +79,7 @@ class CudnnKernelState {
         scratch = memory_.ScratchFor(context, bytes);
         reserve = scratch->get();
       } else {
-        reserve = RetainedReserve(context, x, bytes);
+        reserve = retained_.Get(memory_, context, x, bytes);
       }
     }
     handles_->With(context, stream, where_, [&](cudnnHandle_t handle) {
@@ -122,16 +121,6 @@ class CudnnKernelState {
     }
   }
 
-  void* RetainedReserve(OrtKernelContext* context, const void* x, size_t bytes) {
-    if (bytes > retained_bytes_) {
-      memory_.AcquireFrom(context, DeviceOf(x, where_));
-      const size_t grown = std::max(bytes, 2 * retained_bytes_);
-      retained_ = memory_.Alloc(grown);
-      retained_bytes_ = grown;
-    }
-    return retained_;
-  }
-
   std::string where_;
   Role role_;
   KernelMemory memory_;
@@ -141,8 +130,7 @@ class CudnnKernelState {
   std::mutex mutex_;
   void* states_ = nullptr;
   size_t states_bytes_ = 0;
-  void* retained_ = nullptr;  // API 17 only
-  size_t retained_bytes_ = 0;
+  RetainedBuffer retained_;  // API 17 only: the reserve space of a forward without a mask output
 };
 
 }  // namespace cuda

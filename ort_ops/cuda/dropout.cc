@@ -53,7 +53,7 @@ void CudaDropout<E>::Compute(OrtKernelContext* context) {
   cudaStream_t stream = ComputeStream(context);
 
   if (cudnn_ != nullptr) {
-    ComputeCudnn(context, stream);
+    ComputeCudnn(context, stream, input, shape, n);
     return;
   }
 
@@ -122,12 +122,9 @@ void CudaDropout<E>::ComputeMt19937(OrtKernelContext* context, cudaStream_t stre
 }
 
 template <Elem E>
-void CudaDropout<E>::ComputeCudnn(OrtKernelContext* context, cudaStream_t stream) {
+void CudaDropout<E>::ComputeCudnn(OrtKernelContext* context, cudaStream_t stream, const Ort::ConstValue& input,
+                                  const std::vector<int64_t>& shape, uint64_t n) {
   Ort::KernelContext ctx(context);
-  auto input = ctx.GetInput(0);
-  const auto type_shape = input.GetTensorTypeAndShapeInfo();
-  const std::vector<int64_t> shape = type_shape.GetShape();
-  const uint64_t n = type_shape.GetElementCount();
   auto output = ctx.GetOutput(0, shape);
   const size_t bytes = n == 0 ? 0 : cudnn_->ReserveBytes(n);
   void* reserve = nullptr;

@@ -7,6 +7,7 @@
 #include <array>
 #include <memory>
 #include <utility>
+#include <vector>
 
 #include "common/dropout_config.h"
 #include "common/element_types.h"
@@ -28,7 +29,9 @@ class CudaDropout {
   void Compute(OrtKernelContext* context);
 
  private:
-  void ComputeCudnn(OrtKernelContext* context, cudaStream_t stream);
+  // X's shape and element count as Compute read them.
+  void ComputeCudnn(OrtKernelContext* context, cudaStream_t stream, const Ort::ConstValue& input,
+                    const std::vector<int64_t>& shape, uint64_t n);
   void ComputeMt19937(OrtKernelContext* context, cudaStream_t stream, const typename ElemTraits<E>::Storage* x,
                       typename ElemTraits<E>::Storage* y, bool* mask, uint64_t n);
 

@@ -2,9 +2,8 @@
 
 #include <cuda_runtime_api.h>
 
-#include <vector>
-
 #include "common/errors.h"
+#include "common/grad_io.h"
 #include "cuda/cuda_check.h"
 #include "cuda/dropout_impl.cuh"
 
@@ -28,36 +27,24 @@ CudaDropoutGrad<E>::CudaDropoutGrad(const OrtKernelInfo* info)
 template <Elem E>
 void CudaDropoutGrad<E>::Compute(OrtKernelContext* context) {
   using Storage = typename ElemTraits<E>::Storage;
-  Ort::KernelContext ctx(context);
-  auto grad_out = ctx.GetInput(0);
-  const auto type_shape = grad_out.GetTensorTypeAndShapeInfo();
-  const std::vector<int64_t> shape = type_shape.GetShape();
-  const uint64_t n = type_shape.GetElementCount();
-  cudaStream_t stream = ComputeStream(context);
-
-  const bool* mask = nullptr;
-  size_t mask_count = 0;
-  if (!config_.is_test) {
-    auto mask_value = ctx.GetInput(1);
-    mask_count = mask_value.GetTensorTypeAndShapeInfo().GetElementCount();
-    if (config_.engine == Engine::kCudnn) {
-      // The mask is the forward's cuDNN reserve space: its size follows from dY's element count.
-      const size_t expected = n == 0 ? 0 : CudnnDropout::ReserveBytes(config_.Where(), E, n);
-      if (mask_count != expected) {
-        Fail(ORT_INVALID_ARGUMENT, config_.Where(), ": engine 'CUDNN' expects the mask to be the forward's cuDNN ",
-             "reserve space of ", expected, " bytes for dY's ", n, " elements, but it has ", mask_count,
-             " elements (a mask from engine '' or from the CPU cannot be used here)");
-      }
-    } else {
+  const auto t = GetGradTensors<Storage>(context, config_.is_test, [&](size_t mask_count, uint64_t n) {
+    if (config_.engine != Engine::kCudnn) {
       CheckMaskCount(config_, mask_count, n);
+      return;
     }
-    mask = mask_value.GetTensorData<bool>();
-  }
-
-  auto grad_in = ctx.GetOutput(0, shape);
+    // The mask is the forward's cuDNN reserve space: its size follows from dY's element count.
+    const size_t expected = n == 0 ? 0 : CudnnDropout::ReserveBytes(config_.Where(), E, n);
+    if (mask_count != expected) {
+      Fail(ORT_INVALID_ARGUMENT, config_.Where(), ": engine 'CUDNN' expects the mask to be the forward's cuDNN ",
+           "reserve space of ", expected, " bytes for dY's ", n, " elements, but it has ", mask_count,
+           " elements (a mask from engine '' or from the CPU cannot be used here)");
+    }
+  });
+  const uint64_t n = t.n;
   if (n == 0) return;
-  const Storage* dy = static_cast<const Storage*>(grad_out.GetTensorRawData());
-  Storage* dx = static_cast<Storage*>(grad_in.GetTensorMutableRawData());
+  const Storage* dy = t.dy;
+  Storage* dx = t.dx;
+  cudaStream_t stream = ComputeStream(context);
 
   if (config_.is_test) {
     if (dy != dx) CheckCuda(cudaMemcpyAsync(dx, dy, n * sizeof(Storage), cudaMemcpyDeviceToDevice, stream), config_,
@@ -65,7 +52,7 @@ void CudaDropoutGrad<E>::Compute(OrtKernelContext* context) {
     return;
   }
   if (cudnn_ != nullptr) {
-    cudnn_->Backward(context, stream, dy, mask, mask_count, dx, n);
+    cudnn_->Backward(context, stream, dy, t.mask, t.mask_count, dx, n);
     return;
   }
   if (config_.engine == Engine::kCudnn) {
@@ -74,7 +61,7 @@ void CudaDropoutGrad<E>::Compute(OrtKernelContext* context) {
               "DropoutGrad kernel launch");
     return;
   }
-  CheckCuda(LaunchDropoutBackward<E>(dy, mask, /*keep_all=*/true, dx, n, config_.scale, stream), config_,
+  CheckCuda(LaunchDropoutBackward<E>(dy, t.mask, /*keep_all=*/true, dx, n, config_.scale, stream), config_,
             "DropoutGrad kernel launch");
 }
 

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -162,6 +163,27 @@ class KernelMemory {
   OrtMemoryInfo* own_info_ = nullptr;
   int device_ = -1;
   std::vector<void*> blocks_;
+};
+
+// API 17 (no per-call scratch): a per-node device buffer kept across calls from the kernel's memory,
+// grown to at least twice its size when a larger one is needed (the smaller block stays until the
+// kernel is destroyed). Its users order their uses of it (StreamOrder).
+class RetainedBuffer {
+ public:
+  // A buffer of at least `bytes` on the device of `on_device` (a device pointer of the call).
+  void* Get(KernelMemory& memory, OrtKernelContext* context, const void* on_device, size_t bytes) {
+    if (bytes > bytes_) {
+      memory.AcquireFrom(context, DeviceOf(on_device, memory.Where()));
+      const size_t grown = std::max(bytes, 2 * bytes_);
+      p_ = memory.Alloc(grown);
+      bytes_ = grown;
+    }
+    return p_;
+  }
+
+ private:
+  void* p_ = nullptr;
+  size_t bytes_ = 0;
 };
 
 // Orders the uses of one piece of device state (cuDNN's RNG states) by several of ORT's streams:

@@ -27,7 +27,6 @@
 
 #include <cuda_runtime_api.h>
 
-#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -162,7 +161,8 @@ class HostStagedMt19937 {
     void* device_bits = nullptr;
     const bool retained = !RuntimeHasKernelAllocator();
     if (retained) {
-      device_bits = RetainedBits(context, x, bytes);
+      if (order_ == nullptr) order_ = std::make_unique<StreamOrder>(where_);  // on the call's device
+      device_bits = retained_.Get(memory_, context, x, bytes);
       order_->Before(stream, /*capturing=*/false, where_);
     } else {
       scratch = memory_.ScratchFor(context, bytes);
@@ -193,18 +193,6 @@ class HostStagedMt19937 {
     }
   }
 
-  // API 17: the per-node device copy of the keep bits, grown as needed, with its stream ordering.
-  void* RetainedBits(OrtKernelContext* context, const void* x, size_t bytes) {
-    if (order_ == nullptr) order_ = std::make_unique<StreamOrder>(where_);  // on the call's device
-    if (bytes > retained_bytes_) {
-      memory_.AcquireFrom(context, DeviceOf(x, where_));
-      const size_t grown = std::max(bytes, 2 * retained_bytes_);
-      retained_ = memory_.Alloc(grown);
-      retained_bytes_ = grown;
-    }
-    return retained_;
-  }
-
   std::string where_;
   std::string rng_text_;
   KernelMemory memory_;
@@ -213,8 +201,7 @@ class HostStagedMt19937 {
   uint64_t keep_below_;
   bool constant_;                       // ratio 0 or 1: nothing to copy
   std::unique_ptr<StreamOrder> order_;  // API 17 only
-  void* retained_ = nullptr;            // API 17 only
-  size_t retained_bytes_ = 0;
+  RetainedBuffer retained_;             // API 17 only: the device copy of the keep bits
 };
 
 }  // namespace cuda

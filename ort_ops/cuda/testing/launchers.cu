@@ -62,6 +62,24 @@ cudaError_t Forward(const void* x, void* y, void* mask, const ForwardParams& p, 
   return LaunchDropoutForward<E>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<bool*>(mask), p, s);
 }
 
+// Both forward entry points: the node's attributes (seed, ratio) into p, then the launch for dtype.
+int ForwardFor(int dtype, const void* x, void* y, void* mask, ForwardParams p, uint64_t seed, float ratio,
+               void* stream) {
+  Elem elem;
+  if (!ToElem(dtype, &elem)) return Report("unknown dtype code " + std::to_string(dtype));
+  p.key = PhiloxKeyFromSeed(seed);
+  p.threshold = DropThreshold(ratio);
+  p.scale = DropScale(ratio);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  switch (elem) {
+    case Elem::kFloat: return Report(Forward<Elem::kFloat>(x, y, mask, p, s), "forward launch");
+    case Elem::kDouble: return Report(Forward<Elem::kDouble>(x, y, mask, p, s), "forward launch");
+    case Elem::kHalf: return Report(Forward<Elem::kHalf>(x, y, mask, p, s), "forward launch");
+    case Elem::kBFloat16: return Report(Forward<Elem::kBFloat16>(x, y, mask, p, s), "forward launch");
+  }
+  return Report("unreachable");
+}
+
 template <Elem E>
 cudaError_t ApplyBits(const void* x, void* y, void* mask, const uint64_t* bits, uint64_t n, float scale,
                       cudaStream_t s) {
@@ -108,22 +126,10 @@ C2ORT_TEST_API const char* c2ort_test_last_error() { return last_error.c_str(); 
 // the node's counter would give it.
 C2ORT_TEST_API int c2ort_test_forward(int dtype, const void* x, void* y, void* mask, uint64_t n, uint64_t seed,
                                       uint64_t base, float ratio, void* stream) {
-  Elem elem;
-  if (!ToElem(dtype, &elem)) return Report("unknown dtype code " + std::to_string(dtype));
   ForwardParams p;
   p.n = n;
   p.base = base;
-  p.key = PhiloxKeyFromSeed(seed);
-  p.threshold = DropThreshold(ratio);
-  p.scale = DropScale(ratio);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (elem) {
-    case Elem::kFloat: return Report(Forward<Elem::kFloat>(x, y, mask, p, s), "forward launch");
-    case Elem::kDouble: return Report(Forward<Elem::kDouble>(x, y, mask, p, s), "forward launch");
-    case Elem::kHalf: return Report(Forward<Elem::kHalf>(x, y, mask, p, s), "forward launch");
-    case Elem::kBFloat16: return Report(Forward<Elem::kBFloat16>(x, y, mask, p, s), "forward launch");
-  }
-  return Report("unreachable");
+  return ForwardFor(dtype, x, y, mask, p, seed, ratio, stream);
 }
 
 // The default engine's Dropout with the node's counter in device memory, as the plugin runs it: a
@@ -132,24 +138,12 @@ C2ORT_TEST_API int c2ort_test_forward(int dtype, const void* x, void* y, void* m
 C2ORT_TEST_API int c2ort_test_forward_counter(int dtype, const void* x, void* y, void* mask, uint64_t n,
                                               uint64_t seed, uint64_t* counter, uint64_t* slot, float ratio,
                                               void* stream) {
-  Elem elem;
-  if (!ToElem(dtype, &elem)) return Report("unknown dtype code " + std::to_string(dtype));
   if (counter == nullptr || slot == nullptr) return Report("counter and slot must be device pointers");
   ForwardParams p;
   p.n = n;
   p.counter = counter;
   p.slot = slot;
-  p.key = PhiloxKeyFromSeed(seed);
-  p.threshold = DropThreshold(ratio);
-  p.scale = DropScale(ratio);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  switch (elem) {
-    case Elem::kFloat: return Report(Forward<Elem::kFloat>(x, y, mask, p, s), "forward launch");
-    case Elem::kDouble: return Report(Forward<Elem::kDouble>(x, y, mask, p, s), "forward launch");
-    case Elem::kHalf: return Report(Forward<Elem::kHalf>(x, y, mask, p, s), "forward launch");
-    case Elem::kBFloat16: return Report(Forward<Elem::kBFloat16>(x, y, mask, p, s), "forward launch");
-  }
-  return Report("unreachable");
+  return ForwardFor(dtype, x, y, mask, p, seed, ratio, stream);
 }
 
 // rng = "caffe2_mt19937"'s device half: Y and mask from keep-bit words (device memory, ceil(n / 64)
