@@ -883,7 +883,7 @@ def _channel_window_sum(e, t, shape, before, after, base, scale=1.0, bias=None):
     tp = e.node("Pad", [t, e.ints(pads + pads_end, f"{base}_pads")], f"{base}_padded") if before or after else t
     axis = e.ints([1], f"{base}_axis")
     parts = [e.node("Slice", [tp, e.ints([j], f"{base}_st"), e.ints([j + c], f"{base}_en"), axis], f"{base}_sl")
-             for j in range(before + after + 1)]
+             for j in range(before + after + 1)] if before or after else [t]
     out = parts[0] if len(parts) == 1 else e.node("Sum", parts, f"{base}_sum")
     if scale != 1.0:
         out = e.node("Mul", [out, e.scalar(scale, t, "window_scale")], f"{base}_scaled")
