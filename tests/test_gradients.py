@@ -205,6 +205,9 @@ def test_lrn_forward_is_lowered_and_its_terms_reused():
                                     [h.make_tensor_value_info("Y", 1, None)]), opset_imports=[h.make_opsetid("", 17)],
                        ir_version=8)
     assert rel_err(out["Y"], session(fwd).run(None, {"X": x})[0]) < 1e-6
+    restored = GR.restore_forward(train)  # what an export does: the LRN node back, the record gone
+    assert [n for n in restored.graph.node if n.output[0] == "Y"][0] == node
+    assert not any(p.key == GR.LOWERED_KEY for p in restored.metadata_props)
     kept, _, _ = GR.add_backward(model, "loss", ["X"], lower_forward=False)
     assert [n.op_type for n in kept.graph.node].count("LRN") == 1
 

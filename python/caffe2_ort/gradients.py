@@ -22,7 +22,9 @@ later opsets. Shapes must be static on the differentiated path (converted Caffe2
 
 from __future__ import annotations
 
+import base64
 import copy
+import json
 from collections import OrderedDict
 
 import numpy as np
@@ -176,6 +178,7 @@ PREPARE = {}  # (domain, op_type) -> hook(node, names) that adds outputs a rule 
 # replaced by the nodes ``lower`` emits on ``e`` (writing the node's outputs), and the rule finds the
 # tensors it returns in ``e.saved[node.output[0]]`` instead of computing them again.
 FORWARD = {}
+LOWERED_KEY = "caffe2_ort.lowered_forward"  # metadata: JSON {output: base64 NodeProto the lowering replaced}
 
 
 def rule(op_type, domain="", prepare=None, forward=None):
@@ -1110,7 +1113,8 @@ def add_backward(model, loss, wrt, *, seed_name="loss_grad_seed", reserve=(), lo
     them. Forward nodes may gain outputs (Dropout masks, MaxPool indices) that rules read. ``reserve``:
     names the backward must not use (the caller's output names). ``lower_forward``: replace forward
     nodes that have a lowering (:data:`FORWARD`: LRN) on the differentiated path by it, so the
-    backward reuses its intermediate tensors.
+    backward reuses its intermediate tensors; the replaced nodes are recorded in ``metadata_props``
+    for :func:`restore_forward`.
     """
     model = copy.deepcopy(model)
     g = model.graph
@@ -1199,12 +1203,34 @@ def add_backward(model, loss, wrt, *, seed_name="loss_grad_seed", reserve=(), lo
                 partial.setdefault(i, []).append(gname)
     grads = {t: grad_of(t) for t in wrt}
     if lowered:
+        originals = {n.output[0]: base64.b64encode(n.SerializeToString()).decode() for n in g.node
+                     if n.output and n.output[0] in lowered}
         forward = [copy.deepcopy(m) for n in g.node for m in (lowered.get(n.output[0], [n]) if n.output else [n])]
         del g.node[:]
         g.node.extend(forward)
+        model.metadata_props.add(key=LOWERED_KEY, value=json.dumps(originals))
     g.node.extend(e.nodes)
     ensure_opset(model, DOMAIN)
     return model, grads, types
+
+
+def restore_forward(model):
+    """Put back, in place, the forward nodes :func:`add_backward` lowered (recorded in ``metadata_props``
+    under LOWERED_KEY): each replaces the node that writes its output, leaving the lowering's other
+    nodes unused. Exports of a trained model so hold the same nodes as a fresh conversion."""
+    props = [p for p in model.metadata_props if p.key != LOWERED_KEY]
+    recorded = [p.value for p in model.metadata_props if p.key == LOWERED_KEY]
+    if not recorded:
+        return model
+    originals = {}
+    for value in recorded:
+        originals.update({y: onnx.NodeProto.FromString(base64.b64decode(v)) for y, v in json.loads(value).items()})
+    for i, n in enumerate(model.graph.node):
+        if n.output and n.output[0] in originals:
+            model.graph.node[i].CopyFrom(originals[n.output[0]])
+    del model.metadata_props[:]
+    model.metadata_props.extend(props)
+    return model
 
 
 def _value_info(name, tp):
