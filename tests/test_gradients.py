@@ -191,6 +191,12 @@ def test_lrn(size, beta, band, monkeypatch):
     assert ("Exp" in ops) == (beta not in (0.5, 0.75))
 
 
+@pytest.mark.parametrize("shape", [(2, 7, 5), (1, 6, 2, 3, 2)])
+def test_lrn_other_ranks(shape):
+    node = h.make_node("LRN", ["X"], ["Y"], size=3, alpha=0.3, beta=0.75, bias=1.5)
+    check_against_torch([node], {"X": rnd(37, *shape)}, "Y")
+
+
 def test_lrn_forward_is_lowered_and_its_terms_reused():
     """In a differentiated graph the forward LRN is x * s^-beta: its Y equals ORT's LRN, and the gradient
     reads the forward's s and s^-beta (one Sqrt chain, one window sum each way) instead of recomputing them."""

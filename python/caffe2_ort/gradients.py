@@ -873,7 +873,7 @@ def _channel_window_sum(e, t, shape, before, after, base, scale=1.0, bias=None):
     at 16 to 96 channels, even at 256); above, the Slice form (exact, unlike a running CumSum)."""
     c, r = shape[1], len(shape)
     dtype = e.np_dtype(t)
-    if c <= LRN_BAND_CHANNELS:
+    if c <= LRN_BAND_CHANNELS and r >= 3:  # Conv needs a spatial axis
         band = np.zeros((c, c) + (1,) * (r - 2))
         for o in range(c):
             band[o, max(0, o - before):min(c, o + after + 1)] = scale
