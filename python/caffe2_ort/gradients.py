@@ -12,7 +12,9 @@ function ``rule(e, node, dys, needs) -> grads``:
 
 :func:`emit_gradient` runs one rule on its own, which is how a Caffe2 gradient op (ConvGradient,
 FCGradient, MaxPoolGradient, ...) is lowered: build the forward node it stands for and call the
-rule, so each gradient has one implementation. :func:`add_backward` differentiates a whole model;
+rule, so each gradient has one implementation. A rule may come with a forward lowering (:data:`FORWARD`,
+LRN's): in a differentiated graph the forward node is replaced by it and the rule reuses its tensors;
+:func:`restore_forward` undoes that for exports. :func:`add_backward` differentiates a whole model;
 :func:`build_gradient_model` is the gradients-only training form (``graph.build_training_model``).
 
 Emitted ops run on onnxruntime 1.17: the model's default opset is raised to 17 when it is lower
