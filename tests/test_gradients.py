@@ -177,10 +177,45 @@ def test_global_pools(op):
     check_against_torch([h.make_node(op, ["X"], ["Y"])], {"X": rnd(17, 2, 3, 5, 4)}, "Y")
 
 
-@pytest.mark.parametrize("size", [1, 3, 5, 7])
-def test_lrn(size):
-    node = h.make_node("LRN", ["X"], ["Y"], size=size, alpha=0.3, beta=0.75, bias=1.5)
-    check_against_torch([node], {"X": rnd(18, 2, 7, 3, 4)}, "Y")
+@pytest.mark.parametrize("size,beta", [(1, 0.75), (3, 0.75), (5, 0.75), (7, 0.75), (5, 0.5), (3, 0.6)])
+@pytest.mark.parametrize("band", [True, False])
+def test_lrn(size, beta, band, monkeypatch):
+    """Both channel-window sums (the banded 1x1 Conv, and Slices above LRN_BAND_CHANNELS) and the three
+    ways to s^-beta (square roots for 1/2 and 3/4, Exp/Log otherwise)."""
+    if not band:
+        monkeypatch.setattr(GR, "LRN_BAND_CHANNELS", 6)
+    node = h.make_node("LRN", ["X"], ["Y"], size=size, alpha=0.3, beta=beta, bias=1.5)
+    _, _, train = check_against_torch([node], {"X": rnd(18, 2, 7, 3, 4)}, "Y")
+    ops = [n.op_type for n in train.graph.node]
+    assert ("Slice" in ops) == (not band and size > 1) and ("Conv" in ops) == band
+    assert ("Exp" in ops) == (beta not in (0.5, 0.75))
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 5), (1, 6, 2, 3, 2)])
+def test_lrn_other_ranks(shape):
+    node = h.make_node("LRN", ["X"], ["Y"], size=3, alpha=0.3, beta=0.75, bias=1.5)
+    check_against_torch([node], {"X": rnd(37, *shape)}, "Y")
+
+
+def test_lrn_forward_is_lowered_and_its_terms_reused():
+    """In a differentiated graph the forward LRN is x * s^-beta: its Y equals ORT's LRN, and the gradient
+    reads the forward's s and s^-beta (one Sqrt chain, one window sum each way) instead of recomputing them."""
+    from ort_helpers import session
+    x = rnd(34, 2, 9, 5, 6) * 3
+    node = h.make_node("LRN", ["X"], ["Y"], size=5, alpha=0.3, beta=0.75, bias=1.5)
+    model = projection_model([node], {"X": x}, "Y")
+    out, train = ort_gradients(model, {"X": x})
+    ops = [n.op_type for n in train.graph.node]
+    assert "LRN" not in ops and ops.count("Sqrt") == 2 and ops.count("Conv") == 2
+    fwd = h.make_model(h.make_graph([node], "lrn", [h.make_tensor_value_info("X", 1, list(x.shape))],
+                                    [h.make_tensor_value_info("Y", 1, None)]), opset_imports=[h.make_opsetid("", 17)],
+                       ir_version=8)
+    assert rel_err(out["Y"], session(fwd).run(None, {"X": x})[0]) < 1e-6
+    restored = GR.restore_forward(train)  # what an export does: the LRN node back, the record gone
+    assert [n for n in restored.graph.node if n.output[0] == "Y"][0] == node
+    assert not any(p.key == GR.LOWERED_KEY for p in restored.metadata_props)
+    kept, _, _ = GR.add_backward(model, "loss", ["X"], lower_forward=False)
+    assert [n.op_type for n in kept.graph.node].count("LRN") == 1
 
 
 @pytest.mark.parametrize("training", [0, 1])
@@ -301,6 +336,34 @@ def test_emit_gradient_lowers_one_node_on_its_own():
     assert rel_err(got, t.grad.numpy()) < 1e-6
     with pytest.raises(GR.UnsupportedGradientError, match="Erf x1"):
         GR.emit_gradient(h.make_node("Erf", ["X"], ["Y"]), ["dY"], [True], types=types, names=names)
+
+
+def test_emit_gradient_lrn_alone_computes_its_terms():
+    """A Caffe2 LRNGradient lowers the LRN rule with no lowered forward: it computes s and s^-beta itself."""
+    from onnx import helper, TensorProto
+    from ort_helpers import session
+    shape = [2, 6, 4, 3]
+    node = h.make_node("LRN", ["X"], ["Y"], size=5, alpha=0.2, beta=0.75, bias=2.0)
+    types = {t: helper.make_tensor_type_proto(TensorProto.FLOAT, shape) for t in ("X", "Y", "dY")}
+    used = set(types)
+
+    def names(base):
+        k, n = 0, base
+        while n in used:
+            k += 1
+            n = f"{base}_{k}"
+        used.add(n)
+        return n
+
+    nodes, grads = GR.emit_gradient(node, ["dY"], [True], types=types, names=names)
+    graph = h.make_graph([node] + nodes, "g", [h.make_tensor_value_info(t, 1, shape) for t in ("X", "dY")],
+                         [h.make_tensor_value_info(grads[0], 1, None)])
+    sess = session(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8))
+    x, dy = rnd(35, *shape) * 2, rnd(36, *shape)
+    got = sess.run(None, {"X": x, "dY": dy})[0]
+    t = torch_ref.torch.from_numpy(x.astype(np.float64)).requires_grad_(True)
+    torch_ref.F.local_response_norm(t, 5, alpha=0.2, beta=0.75, k=2.0).backward(torch_ref.torch.from_numpy(dy.astype(np.float64)))
+    assert rel_err(got, t.grad.numpy()) < 1e-5
 
 
 def test_low_opset_models_are_raised_to_17():

@@ -40,6 +40,18 @@ def test_one_measured_row_with_profile(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("onnxruntime_profile*"))  # profile files are cleaned up
 
 
+def test_profile_counts_the_lowered_forward_lrn_as_forward():
+    forward, step, _ = B.build("alexnet", 1, 2, shared_file("caffe2_models"))
+    names = B.forward_node_names(step, "loss")
+    lrn = {n.name for n in forward.graph.node if n.op_type == "LRN"}
+    assert lrn and {n.name for n in forward.graph.node} - lrn <= names
+    by_name = {n.name: n for n in step.graph.node}
+    assert sum(by_name[k].op_type == "Sqrt" for k in names) == 2 * len(lrn)  # s^-3/4 of each lowered LRN
+    assert not any(o.endswith("_grad") for k in names for o in by_name[k].output)
+    with pytest.raises(ValueError, match="no node of the step model writes 'nope'"):
+        B.forward_node_names(step, "nope")
+
+
 def test_bench_training_flag_reaches_the_training_benchmark(capsys, monkeypatch):
     seen = {}
     monkeypatch.setattr(B, "measure", lambda *a, **k: seen.update(args=a) or [

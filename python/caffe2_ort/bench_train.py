@@ -203,6 +203,17 @@ def profile_summary(path, forward_names, top=8):
     return [(part, op, dur / grand) for (part, op), dur in rows]
 
 
+def forward_node_names(step_model, loss):
+    """Names of the step model's forward nodes: those up to the one writing ``loss`` (the backward and
+    the update follow it; a lowered forward op, such as LRN, is among them under its new nodes)."""
+    names = set()
+    for n in step_model.graph.node:
+        names.add(n.name)
+        if loss in n.output:
+            return names
+    raise ValueError(f"no node of the step model writes {loss!r}")
+
+
 def measure(nets, widths, threads, batch, reps, zoo=None, use_torch=True, profile=False, log=print):
     from . import training as T
 
@@ -213,7 +224,7 @@ def measure(nets, widths, threads, batch, reps, zoo=None, use_torch=True, profil
             state = T.metadata(step)[0]
             init_names = {t.name for t in forward.graph.initializer}
             params = [s for s in state if s in init_names]
-            fwd_names = {n.name for n in forward.graph.node}
+            fwd_names = forward_node_names(step, "loss")
             for t in threads:
                 ort_step, sess = ort_stepper(step, feeds, t, profile)
                 fns = [ort_step] + ([torch_stepper(forward, params, feeds, t)] if use_torch else [])

@@ -189,12 +189,13 @@ def make_training_model(model, loss, params=None, optimizer="sgd", lr=0.01, *, l
 def inference_model(model, state_values=None, outputs=None):
     """The inference model of a training-step model: the forward part computing ``outputs`` (default: the
     recorded inference outputs) with the state's values as initializers; Dropout back in test form,
-    BatchNormalization in inference form, masks, MaxPool indices and gradients gone."""
+    BatchNormalization in inference form, lowered forward nodes (LRN) back as they were, masks, MaxPool
+    indices and gradients gone."""
     state, loss, inference = metadata(model)
     outputs = list(outputs or inference or [])
     if not outputs:
         raise ValueError("no inference outputs recorded in the model: pass outputs=[...]")
-    model = copy.deepcopy(model)
+    model = GR.restore_forward(copy.deepcopy(model))
     g = model.graph
     values = dict(state_values or {})
     produced = {o for n in g.node for o in n.output}
