@@ -42,6 +42,36 @@ def test_conv(case):
     assert ("SpaceToDepth" in ops) == (np.prod(k) > 9 and len(k) == 2 and s[0] > 1 and g == 1)
 
 
+@pytest.mark.parametrize("case,form", [
+    # (kernel, strides, dilations, pads (begin..end), group, x shape, out channels), the dW form its shape picks
+    (((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (1, 2, 112, 112), 3), "im2col"),
+    (((3, 3), (2, 2), (2, 1), (2, 1, 1, 2), 2, (1, 4, 230, 226), 4), "im2col"),
+    (((5,), (1,), (2,), (4, 3), 1, (2, 3, 12600), 2), "im2col"),
+    (((2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 0, 0, 0, 1, 1), 1, (1, 2, 24, 24, 22), 2), "im2col"),
+    (((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (1, 1, 112, 112), 33), "offsets"),  # too many output channels
+    (((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1, (1, 3, 112, 112), 2), "offsets"),  # 1x1: no windows to gather
+    (((3, 3), (1, 1), (1, 1), (0, 1, 1, 0), 2, (2, 4, 40, 40), 4), "offsets"),
+    (((3, 3), (2, 2), (1, 2), (1, 0, 0, 1), 2, (2, 4, 11, 9), 4), "batch_in_k"),
+    (((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (3, 5, 28, 28), 6), "batch_in_k"),
+    (((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 2, (2, 6, 4, 5), 4), "batch_in_k"),  # 1x1: the whole X, no Slice
+    (((1, 1), (2, 2), (1, 1), (1, 0, 0, 1), 1, (2, 3, 7, 6), 4), "batch_in_k"),
+])
+def test_conv_small_kernel_weight_grad_forms(case, form):
+    """Each small-kernel dW form of conv_weight_grad (picked by the output positions and channels) against torch."""
+    k, s, d, pads, g, xs, o = case
+    seed = hash(case) % 1000
+    params = {"X": rnd(seed, *xs), "W": rnd(seed + 1, o, xs[1] // g, *k)}
+    node = h.make_node("Conv", ["X", "W"], ["Y"], kernel_shape=list(k), strides=list(s), dilations=list(d),
+                       pads=list(pads), group=g)
+    _, _, train = check_against_torch([node], params, "Y")
+    r = len(k)
+    out = [(xs[2 + i] + pads[i] + pads[r + i] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i in range(r)]
+    assert GR.small_kernel_weight_grad_form(k, (xs[0], o, *out), g) == form
+    marks = {"im2col": "W_grad_im2col", "batch_in_k": "W_grad_dy_win", "offsets": "W_grad_win_dy"}
+    names = " ".join(n.name for n in train.graph.node)
+    assert [f for f, m in marks.items() if m in names] == [form]
+
+
 @pytest.mark.parametrize("case", [
     ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, (2, 3, 4, 5)),
     ((4, 3), (2, 1), (1, 0, 2, 1), (0, 0), 1, (1, 2, 3, 3)),
