@@ -223,6 +223,21 @@ def test_batch_norm(training):
     out, ref, train = check_against_torch([node], params, "Y", consts=consts)
 
 
+@pytest.mark.parametrize("training,opset", [(0, 17), (1, 17), (1, 18)])  # ReduceSumSquare's axes: attribute, input
+@pytest.mark.parametrize("wrt,xshape,shift", [(("X",), (6, 4, 3, 3), 0.0), (("scale",), (5, 4, 2, 3), 0.0),
+                                              (("B", "X"), (7, 3), 0.0), (("X", "scale"), (4, 2, 6), 20.0)])
+def test_batch_norm_gradient_subsets(training, opset, wrt, xshape, shift):
+    """Each of dX, dscale, dbias on its own or in pairs, rank 2 and 3, and activations far from zero mean."""
+    c = xshape[1]
+    values = {"X": rnd(24, *xshape) + np.float32(shift), "scale": rnd(25, c), "B": rnd(26, c)}
+    consts = {"mean": rnd(27, c) + np.float32(shift), "var": np.abs(rnd(28, c)) + 0.5}
+    consts.update({k: v for k, v in values.items() if k not in wrt})
+    outs = ["Y", "rm", "rv"] if training else ["Y"]
+    node = h.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], outs, epsilon=1e-3,
+                       **({"training_mode": 1} if training else {}))
+    check_against_torch([node], {k: values[k] for k in wrt}, "Y", consts=consts, opset=opset)
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("weighted,ignore", [(False, None), (True, None), (False, 2), (True, 1)])
 def test_softmax_cross_entropy(reduction, weighted, ignore):

@@ -981,7 +981,11 @@ def _lrn(e, n, dys, needs):
 
 @rule("BatchNormalization")
 def _batch_norm(e, n, dys, needs):
-    """Inference form: mean and var are constants. Training form (training_mode=1): batch statistics."""
+    """Inference form: mean and var are constants. Training form (training_mode=1): batch statistics.
+
+    With c = x - mean, inv = 1/sqrt(var + eps), k = scale * inv and sums S() over all axes but the channels:
+    dbias = S(dy), dscale = inv * S(dy * c) and, in training, dx = k * (dy - S(dy)/m) - c * (k * inv^2 * S(dy * c)/m)
+    (inference: dx = k * dy). x-hat is never formed: only c and dy * c take a pass over the tensor each."""
     a = _attrs(n)
     eps = float(a.get("epsilon", 1e-5))
     x, scale, bias, mean, var = n.input[:5]
@@ -991,41 +995,41 @@ def _batch_norm(e, n, dys, needs):
     cshape = (1, xs[1]) + (1,) * (r - 2)
     dy = dys[0]
     training = int(a.get("training_mode", 0))
+    inv_m = e.scalar(1.0 / float(np.prod([xs[i] for i in axes])), x, "inv_m")
     if training:
-        m = float(np.prod([xs[i] for i in axes]))
-        inv_m = e.scalar(1.0 / m, x, "inv_m")
         mu = e.node("Mul", [e.reduce_sum(x, axes, True, f"{x}_bn_sum"), inv_m], f"{x}_bn_mean")
         centred = e.node("Sub", [x, mu], f"{x}_bn_centred")
-        v = e.node("Mul", [e.reduce_sum(e.node("Mul", [centred, centred], f"{x}_bn_sq"), axes, True, f"{x}_bn_sq_sum"), inv_m],
-                   f"{x}_bn_var")
+        if e.opset >= 18:  # ReduceSumSquare takes its axes as an input from opset 18, an attribute before
+            sq = e.node("ReduceSumSquare", [centred, e.ints(axes, f"{x}_bn_sq_axes")], f"{x}_bn_sq_sum", keepdims=1)
+        else:
+            sq = e.node("ReduceSumSquare", [centred], f"{x}_bn_sq_sum", axes=axes, keepdims=1)
+        v = e.node("Mul", [sq, inv_m], f"{x}_bn_var")
     else:
         centred = e.node("Sub", [x, e.reshape(mean, cshape, f"{mean}_bn_c")], f"{x}_bn_centred")
         v = e.reshape(var, cshape, f"{var}_bn_c")
     inv = e.node("Reciprocal", [e.node("Sqrt", [e.node("Add", [v, e.scalar(eps, x, "eps")], f"{x}_bn_var_eps")],
                                        f"{x}_bn_std")], f"{x}_bn_inv_std")
-    xhat = e.node("Mul", [centred, inv], f"{x}_bn_xhat")
     out = [None] * len(n.input)
-    dscale_full = None
+    sum_dy_c = None  # S(dy * c), keepdims
     if needs[1] or (needs[0] and training):
-        dscale_full = e.reduce_sum(e.node("Mul", [dy, xhat], f"{x}_bn_dy_xhat"), axes, True, f"{x}_bn_dscale")
-    dbias_full = None
+        sum_dy_c = e.reduce_sum(e.node("Mul", [dy, centred], f"{x}_bn_dy_c"), axes, True, f"{x}_bn_sum_dy_c")
+    sum_dy = None
     if needs[2] or (needs[0] and training):
-        dbias_full = e.reduce_sum(dy, axes, True, f"{x}_bn_dbias")
+        sum_dy = e.reduce_sum(dy, axes, True, f"{x}_bn_dbias")
     if needs[0]:
         k = e.node("Mul", [e.reshape(scale, cshape, f"{scale}_bn_c"), inv], f"{x}_bn_k")
         if training:
-            inv_m = e.scalar(1.0 / float(np.prod([xs[i] for i in axes])), x, "inv_m")
-            mdy = e.node("Mul", [dbias_full, inv_m], f"{x}_bn_mean_dy")
-            mdyx = e.node("Mul", [dscale_full, inv_m], f"{x}_bn_mean_dy_xhat")
-            inner = e.node("Sub", [e.node("Sub", [dy, mdy], f"{x}_bn_dy_c"), e.node("Mul", [xhat, mdyx], f"{x}_bn_xhat_m")],
-                           f"{x}_bn_inner")
-            out[0] = e.node("Mul", [inner, k], f"{x}_grad")
+            dy_c = e.node("Sub", [dy, e.node("Mul", [sum_dy, inv_m], f"{x}_bn_mean_dy")], f"{x}_bn_dy_less_mean")
+            b = e.node("Mul", [e.node("Mul", [k, e.node("Mul", [inv, inv], f"{x}_bn_inv_sq")], f"{x}_bn_k_inv_sq"),
+                               e.node("Mul", [sum_dy_c, inv_m], f"{x}_bn_mean_dy_c")], f"{x}_bn_b")
+            out[0] = e.node("Sub", [e.node("Mul", [dy_c, k], f"{x}_bn_k_dy"), e.node("Mul", [centred, b], f"{x}_bn_b_c")],
+                            f"{x}_grad")
         else:
             out[0] = e.node("Mul", [dy, k], f"{x}_grad")
     if needs[1]:
-        out[1] = e.reshape(dscale_full, e.shape(scale), f"{scale}_grad")
+        out[1] = e.reshape(e.node("Mul", [sum_dy_c, inv], f"{x}_bn_dscale"), e.shape(scale), f"{scale}_grad")
     if needs[2]:
-        out[2] = e.reshape(dbias_full, e.shape(bias), f"{bias}_grad")
+        out[2] = e.reshape(sum_dy, e.shape(bias), f"{bias}_grad")
     return out
 
 
