@@ -55,6 +55,8 @@ def test_conv(case):
     (((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (3, 5, 28, 28), 6), "batch_in_k"),
     (((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 2, (2, 6, 4, 5), 4), "batch_in_k"),  # 1x1: the whole X, no Slice
     (((1, 1), (2, 2), (1, 1), (1, 0, 0, 1), 1, (2, 3, 7, 6), 4), "batch_in_k"),
+    (((11, 11), (4, 4), (1, 1), (0, 0, 0, 0), 1, (1, 1, 455, 455), 2), "im2col"),  # SpaceToDepth, then 3x3 by im2col
+    (((11, 11), (4, 4), (1, 1), (2, 1, 1, 2), 1, (2, 2, 27, 28), 3), "batch_in_k"),  # ... then by the batch in K
 ])
 def test_conv_small_kernel_weight_grad_forms(case, form):
     """Each small-kernel dW form of conv_weight_grad (picked by the output positions and channels) against torch."""
@@ -66,8 +68,11 @@ def test_conv_small_kernel_weight_grad_forms(case, form):
     _, _, train = check_against_torch([node], params, "Y")
     r = len(k)
     out = [(xs[2 + i] + pads[i] + pads[r + i] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i in range(r)]
-    assert GR.small_kernel_weight_grad_form(k, (xs[0], o, *out), g) == form
-    marks = {"im2col": "W_grad_im2col", "batch_in_k": "W_grad_dy_win", "offsets": "W_grad_win_dy"}
+    blocked = np.prod(k) > GR.OFFSET_KERNEL_LIMIT  # the SpaceToDepth path: a ceil(k/s) kernel at stride 1
+    kq = [-(-v // s[0]) for v in k] if blocked else k
+    assert ("SpaceToDepth" in {n.op_type for n in train.graph.node}) == blocked
+    assert GR.small_kernel_weight_grad_form(kq, (xs[0], o, *out), g) == form
+    marks = {"im2col": "_im2col_", "batch_in_k": "_dy_win_", "offsets": "_win_dy_"}
     names = " ".join(n.name for n in train.graph.node)
     assert [f for f, m in marks.items() if m in names] == [form]
 

@@ -767,8 +767,8 @@ def _space_to_depth_weight_grad(e, x, xs, dy, ys, k_shape, st, pb, pe, base):
     if any(v < 0 for v in extra):
         xp = e.node("Slice", [xp, e.ints([0, 0], f"{base}_s2d_st"), e.ints(size, f"{base}_s2d_en"),
                               e.ints([2, 3], f"{base}_s2d_ax")], f"{base}_s2d_cropped")
-    blocked = e.node("SpaceToDepth", [xp], f"{base}_s2d", blocksize=st)  # (N, s*s*C, size/s, size/s)
     bs = (n, st * st * c, size[0] // st, size[1] // st)
+    blocked = e.set_type(e.node("SpaceToDepth", [xp], f"{base}_s2d", blocksize=st), e.elem(x), bs)
     dwb = _small_kernel_weight_grad(e, blocked, bs, dy, ys, kq, [1, 1], [1, 1], [0, 0], [0, 0], 1, f"{base}_s2d_dw")
     # dwb[o, (b1*s + b2)*C + c, i, j] = dW[o, c, i*s + b1, j*s + b2]
     w6 = e.reshape(dwb, (o, st, st, c, kq[0], kq[1]), f"{base}_s2d_w6")
