@@ -75,6 +75,10 @@ def test_conv_small_kernel_weight_grad_forms(case, form):
     marks = {"im2col": "_im2col_", "batch_in_k": "_dy_win_", "offsets": "_win_dy_"}
     names = " ".join(n.name for n in train.graph.node)
     assert [f for f, m in marks.items() if m in names] == [form]
+    if form != "im2col":  # windows by Slice, except where X itself is the only window
+        whole = all(v == 1 for v in k) and all(v == 1 for v in s) and not any(pads)
+        slices = [n.name for n in train.graph.node if n.op_type == "Slice" and n.name.startswith("W_grad")]
+        assert bool(slices) != whole, slices
 
 
 @pytest.mark.parametrize("case", [

@@ -696,10 +696,22 @@ def _small_kernel_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb,
     return lower[small_kernel_weight_grad_form(k_shape, ys, group)](e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, group, base)
 
 
-def _kernel_offsets(k_shape):
+def _windows(e, src, k_shape, ys, strides, dilations, pb, pe, base):
+    """Per kernel offset, the strided window of ``src`` (padded X, spatial axes from 2) that meets dY's positions;
+    ``src`` itself for a 1x1 kernel at stride 1 without pads."""
     import itertools
 
-    return list(itertools.product(*[range(k) for k in k_shape]))
+    r = len(k_shape)
+    if all(v == 1 for v in k_shape) and not any(pb) and not any(pe) and all(v == 1 for v in strides):
+        return [src]
+    out = []
+    for off in itertools.product(*[range(k) for k in k_shape]):
+        starts = [off[i] * dilations[i] for i in range(r)]
+        ends = [starts[i] + (ys[2 + i] - 1) * strides[i] + 1 for i in range(r)]
+        out.append(e.node("Slice", [src, e.ints(starts, f"{base}_st"), e.ints(ends, f"{base}_en"),
+                                    e.ints(list(range(2, 2 + r)), f"{base}_ax"), e.ints(strides, f"{base}_steps")],
+                          f"{base}_win"))
+    return out
 
 
 def _batch_in_k_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, group, base):
@@ -715,15 +727,8 @@ def _batch_in_k_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, p
         xp = e.node("Pad", [x, e.ints([0, 0] + list(pb) + [0, 0] + list(pe), f"{base}_pads")], f"{base}_x_padded")
     xt = e.transpose(xp, [1, 0] + sp, f"{base}_x_t")  # (C, N, *padded)
     dyt = e.reshape(e.transpose(dy, [1, 0] + sp, f"{base}_dy_t"), (g, og, n * p), f"{base}_dy_2d")
-    whole = all(v == 1 for v in k_shape) and not any(pb) and not any(pe) and all(v == 1 for v in strides)
     parts = []
-    for off in _kernel_offsets(k_shape):
-        win = xt
-        if not whole:
-            starts = [off[i] * dilations[i] for i in range(r)]
-            ends = [starts[i] + (ys[2 + i] - 1) * strides[i] + 1 for i in range(r)]
-            win = e.node("Slice", [xt, e.ints(starts, f"{base}_st"), e.ints(ends, f"{base}_en"), e.ints(sp, f"{base}_ax"),
-                                   e.ints(strides, f"{base}_steps")], f"{base}_win")
+    for win in _windows(e, xt, k_shape, ys, strides, dilations, pb, pe, base):
         win = e.transpose(e.reshape(win, (g, cg, n * p), f"{base}_win_2d"), [0, 2, 1], f"{base}_win_t")
         parts.append(e.node("MatMul", [dyt, win], f"{base}_dy_win"))  # (g, O/g, C/g)
     if len(parts) == 1:
@@ -781,24 +786,17 @@ def _space_to_depth_weight_grad(e, x, xs, dy, ys, k_shape, st, pb, pe, base):
 
 
 def _offset_weight_grad(e, x, xs, dy, ys, k_shape, strides, dilations, pb, pe, group, base):
+    """dW per kernel offset: X's strided window times dY as a MatMul batched over N, summed over N."""
     n, c, o, g = xs[0], xs[1], ys[1], group
     cg, og = c // g, o // g
-    r = len(k_shape)
     p = int(np.prod(ys[2:]))
-    sp = list(range(2, 2 + r))
     xp = x
     if any(pb) or any(pe):
         xp = e.node("Pad", [x, e.ints([0, 0] + list(pb) + [0, 0] + list(pe), f"{base}_pads")], f"{base}_x_padded")
     # dY as (N, g, P, O/g), once
     dyt = e.transpose(e.reshape(dy, (n, g, og, p), f"{base}_dy_3d"), [0, 1, 3, 2], f"{base}_dy_t")
     parts = []
-    for off in _kernel_offsets(k_shape):
-        starts = [off[i] * dilations[i] for i in range(r)]
-        ends = [starts[i] + (ys[2 + i] - 1) * strides[i] + 1 for i in range(r)]
-        win = e.node("Slice", [xp, e.ints(starts, f"{base}_st"), e.ints(ends, f"{base}_en"), e.ints(sp, f"{base}_ax"),
-                               e.ints(strides, f"{base}_steps")], f"{base}_win")
-        if all(v == 1 for v in k_shape) and not any(pb) and not any(pe) and all(v == 1 for v in strides):
-            win = x
+    for win in _windows(e, xp, k_shape, ys, strides, dilations, pb, pe, base):
         win = e.reshape(win, (n, g, cg, p), f"{base}_win_3d")
         prod = e.node("MatMul", [win, dyt], f"{base}_win_dy")  # (N, g, C/g, O/g)
         parts.append(e.reduce_sum(prod, [0], False, f"{base}_win_sum"))
