@@ -42,6 +42,45 @@ def test_conv(case):
     assert ("SpaceToDepth" in ops) == (np.prod(k) > 9 and len(k) == 2 and s[0] > 1 and g == 1)
 
 
+@pytest.mark.parametrize("case,form", [
+    # (kernel, strides, dilations, pads (begin..end), group, x shape, out channels), the dW form its shape picks
+    (((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (1, 2, 112, 112), 3), "im2col"),
+    (((3, 3), (2, 2), (2, 1), (2, 1, 1, 2), 2, (1, 4, 230, 226), 4), "im2col"),
+    (((5,), (1,), (2,), (4, 3), 1, (2, 3, 12600), 2), "im2col"),
+    (((2, 2, 2), (1, 1, 1), (1, 1, 1), (1, 0, 0, 0, 1, 1), 1, (1, 2, 24, 24, 22), 2), "im2col"),
+    (((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (1, 1, 112, 112), 33), "offsets"),  # too many output channels
+    (((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 1, (1, 3, 112, 112), 2), "offsets"),  # 1x1: no windows to gather
+    (((3, 3), (1, 1), (1, 1), (0, 1, 1, 0), 2, (2, 4, 40, 40), 4), "offsets"),
+    (((3, 3), (2, 2), (1, 2), (1, 0, 0, 1), 2, (2, 4, 11, 9), 4), "batch_in_k"),
+    (((3, 3), (1, 1), (1, 1), (1, 1, 1, 1), 1, (3, 5, 28, 28), 6), "batch_in_k"),
+    (((1, 1), (1, 1), (1, 1), (0, 0, 0, 0), 2, (2, 6, 4, 5), 4), "batch_in_k"),  # 1x1: the whole X, no Slice
+    (((1, 1), (2, 2), (1, 1), (1, 0, 0, 1), 1, (2, 3, 7, 6), 4), "batch_in_k"),
+    (((11, 11), (4, 4), (1, 1), (0, 0, 0, 0), 1, (1, 1, 455, 455), 2), "im2col"),  # SpaceToDepth, then 3x3 by im2col
+    (((11, 11), (4, 4), (1, 1), (2, 1, 1, 2), 1, (2, 2, 27, 28), 3), "batch_in_k"),  # ... then by the batch in K
+])
+def test_conv_small_kernel_weight_grad_forms(case, form):
+    """Each small-kernel dW form of conv_weight_grad (picked by the output positions and channels) against torch."""
+    k, s, d, pads, g, xs, o = case
+    seed = hash(case) % 1000
+    params = {"X": rnd(seed, *xs), "W": rnd(seed + 1, o, xs[1] // g, *k)}
+    node = h.make_node("Conv", ["X", "W"], ["Y"], kernel_shape=list(k), strides=list(s), dilations=list(d),
+                       pads=list(pads), group=g)
+    _, _, train = check_against_torch([node], params, "Y")
+    r = len(k)
+    out = [(xs[2 + i] + pads[i] + pads[r + i] - (k[i] - 1) * d[i] - 1) // s[i] + 1 for i in range(r)]
+    blocked = np.prod(k) > GR.OFFSET_KERNEL_LIMIT  # the SpaceToDepth path: a ceil(k/s) kernel at stride 1
+    kq = [-(-v // s[0]) for v in k] if blocked else k
+    assert ("SpaceToDepth" in {n.op_type for n in train.graph.node}) == blocked
+    assert GR.small_kernel_weight_grad_form(kq, (xs[0], o, *out), g) == form
+    marks = {"im2col": "_im2col_", "batch_in_k": "_dy_win_", "offsets": "_win_dy_"}
+    names = " ".join(n.name for n in train.graph.node)
+    assert [f for f, m in marks.items() if m in names] == [form]
+    if form != "im2col":  # windows by Slice, except where X itself is the only window
+        whole = all(v == 1 for v in k) and all(v == 1 for v in s) and not any(pads)
+        slices = [n.name for n in train.graph.node if n.op_type == "Slice" and n.name.startswith("W_grad")]
+        assert bool(slices) != whole, slices
+
+
 @pytest.mark.parametrize("case", [
     ((3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1, (2, 3, 4, 5)),
     ((4, 3), (2, 1), (1, 0, 2, 1), (0, 0), 1, (1, 2, 3, 3)),
@@ -226,6 +265,21 @@ def test_batch_norm(training):
     node = h.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], outs, epsilon=1e-3,
                        **({"training_mode": 1} if training else {}))
     out, ref, train = check_against_torch([node], params, "Y", consts=consts)
+
+
+@pytest.mark.parametrize("training,opset", [(0, 17), (1, 17), (1, 18)])  # ReduceSumSquare's axes: attribute, input
+@pytest.mark.parametrize("wrt,xshape,shift", [(("X",), (6, 4, 3, 3), 0.0), (("scale",), (5, 4, 2, 3), 0.0),
+                                              (("B", "X"), (7, 3), 0.0), (("X", "scale"), (4, 2, 6), 20.0)])
+def test_batch_norm_gradient_subsets(training, opset, wrt, xshape, shift):
+    """Each of dX, dscale, dbias on its own or in pairs, rank 2 and 3, and activations far from zero mean."""
+    c = xshape[1]
+    values = {"X": rnd(24, *xshape) + np.float32(shift), "scale": rnd(25, c), "B": rnd(26, c)}
+    consts = {"mean": rnd(27, c) + np.float32(shift), "var": np.abs(rnd(28, c)) + 0.5}
+    consts.update({k: v for k, v in values.items() if k not in wrt})
+    outs = ["Y", "rm", "rv"] if training else ["Y"]
+    node = h.make_node("BatchNormalization", ["X", "scale", "B", "mean", "var"], outs, epsilon=1e-3,
+                       **({"training_mode": 1} if training else {}))
+    check_against_torch([node], {k: values[k] for k in wrt}, "Y", consts=consts, opset=opset)
 
 
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
