@@ -10,6 +10,18 @@ from caffe2_ort import gradients as GR
 from grad_helpers import check_against_torch, projection_model, rel_err, ort_gradients, torch_ref  # noqa: F401
 
 
+def fresh_names(used):
+    """The ``names`` callback emit_gradient takes: ``base``, else ``base_1``, ``base_2``, ... not in ``used``."""
+    def names(base):
+        k, n = 0, base
+        while n in used:
+            k += 1
+            n = f"{base}_{k}"
+        used.add(n)
+        return n
+    return names
+
+
 def rnd(seed, *shape, scale=1.0):
     return (np.random.RandomState(seed).standard_normal(shape) * scale).astype(np.float32)
 
@@ -367,15 +379,7 @@ def test_emit_gradient_lowers_one_node_on_its_own():
     node = h.make_node("MaxPool", ["X"], ["Y"], kernel_shape=[3, 3], strides=[2, 2], name="pool")
     types = {"X": helper.make_tensor_type_proto(TensorProto.FLOAT, [1, 2, 7, 7]),
              "Y": helper.make_tensor_type_proto(TensorProto.FLOAT, [1, 2, 3, 3])}
-    used = set()
-
-    def names(base):
-        k, n = 0, base
-        while n in used:
-            k += 1
-            n = f"{base}_{k}"
-        used.add(n)
-        return n
+    names = fresh_names(set())
 
     nodes, grads = GR.emit_gradient(node, ["dY"], [True], types=types, names=names)
     assert grads[0] and any(n.op_type == "ScatterElements" for n in nodes)
@@ -399,15 +403,7 @@ def test_emit_gradient_lrn_alone_computes_its_terms():
     shape = [2, 6, 4, 3]
     node = h.make_node("LRN", ["X"], ["Y"], size=5, alpha=0.2, beta=0.75, bias=2.0)
     types = {t: helper.make_tensor_type_proto(TensorProto.FLOAT, shape) for t in ("X", "Y", "dY")}
-    used = set(types)
-
-    def names(base):
-        k, n = 0, base
-        while n in used:
-            k += 1
-            n = f"{base}_{k}"
-        used.add(n)
-        return n
+    names = fresh_names(set(types))
 
     nodes, grads = GR.emit_gradient(node, ["dY"], [True], types=types, names=names)
     graph = h.make_graph([node] + nodes, "g", [h.make_tensor_value_info(t, 1, shape) for t in ("X", "dY")],
