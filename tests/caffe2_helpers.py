@@ -71,3 +71,16 @@ def max_rel_error(got, ref):
     got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
     scale = max(float(np.max(np.abs(ref))) if ref.size else 0.0, 1e-30)
     return float(np.max(np.abs(got - ref))) / scale if ref.size else 0.0
+
+
+def assert_matches_caffe2(label, got, ref, tolerance, ours="ORT", check_dtype=False):
+    """One blob against Caffe2's: same shape (and dtype when asked), floats within ``tolerance`` of
+    :func:`max_rel_error`, everything else exactly equal."""
+    assert got.shape == ref.shape, f"{label}: {ours} shape {got.shape}, Caffe2 {ref.shape}"
+    if check_dtype:
+        assert got.dtype == ref.dtype, f"{label}: {ours} dtype {got.dtype}, Caffe2 {ref.dtype}"
+    if ref.dtype.kind == "f":
+        err = max_rel_error(got, ref)
+        assert err <= tolerance, f"{label}: max |{ours} - Caffe2| = {err:.3g} x max |Caffe2|"
+    else:
+        np.testing.assert_array_equal(got, ref, err_msg=label)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caffe2_helpers import MODELS, ZOO_NETS, max_rel_error, run_ort, shared_file
+from caffe2_helpers import MODELS, ZOO_NETS, assert_matches_caffe2, run_ort, shared_file
 from caffe2_ort.caffe2 import netdef, schema
 from caffe2_ort.caffe2.converter import convert
 from caffe2_ort.caffe2.synth import synthesize
@@ -73,11 +73,6 @@ def test_forward_matches_caffe2(caffe2, kind, name):
         key = f"step0/{blob}"
         assert key in ref, f"{name}: Caffe2 left no tensor in {blob!r}"
         c2 = ref[key]
-        assert ort_value.shape == c2.shape, f"{name}/{blob}: ORT shape {ort_value.shape}, Caffe2 {c2.shape}"
-        if c2.dtype.kind == "f":
-            err = max_rel_error(ort_value, c2)
-            assert err <= TOLERANCE, f"{name}/{blob}: max |ORT - Caffe2| = {err:.3g} x max |Caffe2|"
-        else:
-            np.testing.assert_array_equal(ort_value, c2, err_msg=f"{name}/{blob}")
+        assert_matches_caffe2(f"{name}/{blob}", ort_value, c2, TOLERANCE)
         compared += 1
     assert compared, f"{name}: no output compared"

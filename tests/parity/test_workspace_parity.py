@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from caffe2_helpers import ZOO_NETS, max_rel_error, shared_file
+from caffe2_helpers import ZOO_NETS, assert_matches_caffe2, shared_file
 from caffe2_oracle import find_venv_python
 from caffe2_ort.caffe2 import netdef
 from caffe2_ort.caffe2.synth import synthesize
@@ -33,14 +33,7 @@ def assert_same(ours: dict, ref: dict, label: str, *, only_ours=(), only_ref=())
     for key, c2 in ref.items():
         if key not in ours:
             continue
-        got = ours[key]
-        assert got.shape == c2.shape, f"{label}/{key}: shape {got.shape}, Caffe2 {c2.shape}"
-        assert got.dtype == c2.dtype, f"{label}/{key}: dtype {got.dtype}, Caffe2 {c2.dtype}"
-        if c2.dtype.kind == "f":
-            err = max_rel_error(got, c2)
-            assert err <= TOLERANCE, f"{label}/{key}: max |ours - Caffe2| = {err:.3g} x max |Caffe2|"
-        else:
-            np.testing.assert_array_equal(got, c2, err_msg=f"{label}/{key}")
+        assert_matches_caffe2(f"{label}/{key}", ours[key], c2, TOLERANCE, ours="ours", check_dtype=True)
 
 
 def _test_mode_masks(net):
