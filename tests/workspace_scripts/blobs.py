@@ -32,24 +32,24 @@ def refused(call):
     return ""
 
 
-net = caffe2_pb2.NetDef()
-net.name = "n"
-op = net.op.add()
-op.type = "Relu"
-op.input.append("a")
-op.output.append("r")
+def relu_net(name, x, y):
+    net = caffe2_pb2.NetDef()
+    net.name = name
+    op = net.op.add()
+    op.type = "Relu"
+    op.input.append(x)
+    op.output.append(y)
+    return net
+
+
+net = relu_net("n", "a", "r")
 workspace.CreateNet(net)
 saved["created"] = np.array(workspace.Blobs())
 saved["err/fetch"] = np.array(refused(lambda: workspace.FetchBlob("nope")))
 saved["err/runnet"] = np.array(refused(lambda: workspace.RunNet("no_such_net")))
 saved["err/twice"] = np.array(refused(lambda: workspace.CreateNet(net)))
 saved["overwrite"] = np.array(workspace.CreateNet(net, overwrite=True))
-bad = caffe2_pb2.NetDef()
-bad.name = "bad"
-op = bad.op.add()
-op.type = "Relu"
-op.input.append("missing")
-op.output.append("q")
+bad = relu_net("bad", "missing", "q")
 saved["err/missing"] = np.array(refused(lambda: workspace.CreateNet(bad)))
 saved["after_bad"] = np.array(workspace.Blobs())
 workspace.RunNet("n")
