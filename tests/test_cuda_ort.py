@@ -496,16 +496,17 @@ def test_no_memcpy_around_our_nodes(gpu, tmp_path):
          helper.make_node("Relu", ["G"], ["Out"])],
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, [64, 256])],
         [helper.make_tensor_value_info("Out", TensorProto.FLOAT, [64, 256])])
+    from caffe2_ort.placement import placement
+
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(_lib())
     optimized = tmp_path / "optimized.onnx"
-    cuda = _session(model, CUDA, enable_profiling=True, optimized_model_filepath=str(optimized),
-                    profile_file_prefix=str(tmp_path / "profile"))
-    for _ in range(2):
-        cuda.run(None, {"X": np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)})
-    events = json.loads(Path(cuda.end_profiling()).read_text())
-    nodes = [e for e in events if e.get("cat") == "Node" and "args" in e and "op_name" in e["args"]]
-    providers = {e["args"]["op_name"]: e["args"].get("provider") for e in nodes}
-    assert providers.get("Dropout") == CUDA and providers.get("DropoutGrad") == CUDA, providers
-    assert not [op for op in providers if op.startswith("Memcpy")], providers
+    so.optimized_model_filepath = str(optimized)
+    x = np.random.default_rng(0).standard_normal((64, 256)).astype(np.float32)
+    where = placement(model, {"X": x}, [(CUDA, {"use_tf32": "0"}), CPU], session_options=so)
+    ours = {n.op_type: n.provider for n in where.nodes if n.domain == "ai.caffe2"}
+    assert ours == {"Dropout": CUDA, "DropoutGrad": CUDA}, where.format()
+    assert not where.memcpy and not where.off_provider(), where.format()
     import onnx
 
     opt = onnx.load(str(optimized))

@@ -142,6 +142,9 @@ def add_commands(subparsers) -> None:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the random inputs and of synthesised weights")
     p.add_argument("--provider", default="CPUExecutionProvider", help="ORT execution provider (default CPU)")
     p.add_argument("--save-onnx", metavar="PATH", help="also write the converted model here")
+    p.add_argument("--placement", action="store_true",
+                   help="run once more with ORT's profiler and print which execution provider ran each node, and "
+                        "the Memcpy nodes ORT inserted")
     p.add_argument("--synth", action="store_true",
                    help="synthesise random weights even when an init_net.pb lies next to the predict net")  # fmt: skip
     p.add_argument("--compare", action="store_true",
@@ -420,21 +423,32 @@ def _check_provider(provider):
         raise Caffe2Error(f"execution provider {provider!r} is not available in this onnxruntime; available: {', '.join(available)}")
 
 
-def _session(model, provider):
-    """An ORT session with the ai.caffe2 ops, ORT's logger quiet (its errors come back as the exception)."""
+def _session_options():
+    """Session options with the ai.caffe2 ops and ORT's logger quiet (its errors come back as the exception)."""
     import onnxruntime as ort
 
     from .. import register
 
-    _check_provider(provider)
     ort.set_default_logger_severity(ORT_QUIET)
     so = ort.SessionOptions()
     so.log_severity_level = ORT_QUIET
     register(so)
+    return so
+
+
+def _refused(e):
+    """An ORT error whose message is not UTF-8, as one readable line."""
+    return Caffe2Error(f"onnxruntime refused the model: {bytes(e.object[:300]).decode('utf-8', 'replace')}")
+
+
+def _session(model, provider):
+    import onnxruntime as ort
+
+    _check_provider(provider)
     try:
-        return ort.InferenceSession(model.SerializeToString(), so, providers=[provider])
-    except UnicodeDecodeError as e:  # an error message that is not UTF-8
-        raise Caffe2Error(f"onnxruntime refused the model: {bytes(e.object[:300]).decode('utf-8', 'replace')}") from None
+        return ort.InferenceSession(model.SerializeToString(), _session_options(), providers=[provider])
+    except UnicodeDecodeError as e:
+        raise _refused(e) from None
 
 
 @guarded
@@ -493,6 +507,13 @@ def cmd_run(args) -> int:
     print("outputs:")
     for name, a in zip(names, results):
         print(_describe(name, a))
+    if args.placement:
+        from ..placement import placement
+
+        try:
+            print(placement(model, feeds, [args.provider], session_options=_session_options()).format())
+        except UnicodeDecodeError as e:
+            raise _refused(e) from None
     if args.compare and conv is not None:
         from .executor import Executor
 
