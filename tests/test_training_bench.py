@@ -59,3 +59,16 @@ def test_bench_training_flag_reaches_the_training_benchmark(capsys, monkeypatch)
     assert cli.main(["bench", "--training", "--train-nets", "alexnet", "--train-widths", "1", "--threads", "1", "--json"]) == 0
     assert seen["args"][:3] == (["alexnet"], [1], [1])
     assert json.loads(capsys.readouterr().out)[0]["ratio"] == 2.0
+
+
+def test_training_options_have_their_own_help_group(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    start = text.index("training step (--training):")
+    head = "\noptions:" if "\noptions:" in text else "\noptional arguments:"  # Python >= 3.10 / 3.9
+    group, others = text[start:], text[text.index(head):start]  # the usage line names them all
+    for option in ("--training", "--train-nets", "--train-widths", "--train-batch", "--train-reps", "--train-zoo",
+                   "--train-profile"):
+        assert option in group and option not in others, option

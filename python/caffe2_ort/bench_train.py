@@ -28,15 +28,19 @@ VGG19_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512,
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--training", action="store_true",
-                        help="benchmark one training step of converted nets against PyTorch (see caffe2_ort.bench_train)")
-    parser.add_argument("--train-nets", nargs="+", default=list(DEFAULT_NETS), choices=list(DEFAULT_NETS))
-    parser.add_argument("--train-widths", type=int, nargs="+", default=[1, 4],
-                        help="width multipliers of the synthesiser's default (16 conv, 32 FC); default 1 4")
-    parser.add_argument("--train-batch", type=int, default=8)
-    parser.add_argument("--train-reps", type=int, default=3, help="timed steps per measurement (median)")
-    parser.add_argument("--train-zoo", default=None, help="folder of the Caffe2 model zoo (default ../shared/caffe2_models)")
-    parser.add_argument("--train-profile", action="store_true", help="also print ORT's step time by op type")
+    """``--training`` and its ``--train-*`` options, in their own group of ``bench --help``."""
+    group = parser.add_argument_group(
+        "training step (--training)", "one training step of converted nets in ORT against the same step in PyTorch")
+    group.add_argument("--training", action="store_true",
+                       help="benchmark one training step of converted nets against PyTorch (see caffe2_ort.bench_train)")
+    group.add_argument("--train-nets", nargs="+", default=list(DEFAULT_NETS), choices=list(DEFAULT_NETS),
+                       help="nets to step (default: all)")
+    group.add_argument("--train-widths", type=int, nargs="+", default=[1, 4],
+                       help="width multipliers of the synthesiser's default (16 conv, 32 FC); default 1 4")
+    group.add_argument("--train-batch", type=int, default=8, help="batch size (default 8)")
+    group.add_argument("--train-reps", type=int, default=3, help="timed steps per measurement (median)")
+    group.add_argument("--train-zoo", default=None, help="folder of the Caffe2 model zoo (default ../shared/caffe2_models)")
+    group.add_argument("--train-profile", action="store_true", help="also print ORT's step time by op type")
 
 
 def vgg19_netdef():
