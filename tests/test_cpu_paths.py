@@ -58,7 +58,8 @@ def test_kernel_microbenchmark_runs(tmp_path):
                            "ort_ops/cpu/elementwise.cc", args=("3",), expect_ok=False)
     lines = out.strip().splitlines()
     assert lines[0].startswith("isa ") and "GHz" in lines[0]
-    for what in ("keep bits", "keep bits + apply, mask", "keep bits + apply, no mask", "grad apply"):
+    for what in ("keep bits", "keep bits + apply, mask", "keep bits + apply, no mask", "grad apply",
+                 "keep bits + apply, packed mask", "grad apply, packed mask"):
         line = next(l for l in lines[1:] if l.startswith(what + " "))
         ns, cycles = float(line.split()[-4]), float(line.split()[-2])
         assert ns > 0 and cycles > 0
