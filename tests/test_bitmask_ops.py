@@ -253,7 +253,8 @@ def test_bitmask_grad_in_test_mode_copies_dy_and_ignores_the_mask():
     assert np.array_equal(bits(dx), bits(dy))
     node = helper.make_node("BitmaskDropoutGrad", ["dY"], ["dX"], domain=D, ratio=0.5, is_test=1)
     f = TensorProto.FLOAT
-    model = make_model([node], [helper.make_tensor_value_info("dY", f, None)], [helper.make_tensor_value_info("dX", f, None)])
+    model = make_model([node], [helper.make_tensor_value_info("dY", f, None)],
+                       [helper.make_tensor_value_info("dX", f, None)])
     (dx,) = session(model).run(None, {"dY": dy})
     assert np.array_equal(bits(dx), bits(dy))
 

@@ -310,7 +310,8 @@ def test_bitmask_test_mode_and_no_mask_output(gpu, dtype):
     n = 4099
     nodes = [helper.make_node("BitmaskDropout", ["X"], ["Y"], domain="ai.caffe2", ratio=0.3, seed=5)]
     f = TensorProto.FLOAT
-    model = make_model(nodes, [helper.make_tensor_value_info("X", f, [n])], [helper.make_tensor_value_info("Y", f, None)])
+    model = make_model(nodes, [helper.make_tensor_value_info("X", f, [n])],
+                       [helper.make_tensor_value_info("Y", f, None)])
     x = _sample((n,), "float32")
     cpu, cuda = _cpu_and_gpu(model)
     for _ in range(2):
@@ -325,7 +326,8 @@ def test_bitmask_grad_matches_cpu(gpu, dtype):
     for attrs in ({"ratio": 0.35}, {"ratio": 1.0}, {"ratio": 0.35, "is_test": 1}):
         cpu, cuda = _cpu_and_gpu(grad_pair_model(dtype, **attrs))
         for shape in [(3, 5, 333), (33,), (1,), (), (0,)]:
-            dy = _sample(shape, dtype, seed=5) if shape else np.asarray(-2.5, np.float64 if dtype == "float64" else np.float32)
+            wide = np.float64 if dtype == "float64" else np.float32
+            dy = _sample(shape, dtype, seed=5) if shape else np.asarray(-2.5, wide)
             keep = np.asarray(rng.random(shape) < 0.6)
             words = packed(keep)
             if keep.size % 32:
