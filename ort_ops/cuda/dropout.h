@@ -2,6 +2,8 @@
 // engine "" / "DEFAULT" (counter in device memory, cuda/device_counter.h), Caffe2's MT19937 stream
 // drawn on the host for rng = "caffe2_mt19937" (cuda/mt19937_staging.h), cuDNN's dropout for
 // engine "CUDNN" (cuda/dnn_kernel.h).
+// BitmaskDropout (K = MaskKind::kBits) is the same kernel with the packed mask and no engine: the
+// Philox kernels write its words, the caffe2_mt19937 path copies the staged keep-bit words.
 #pragma once
 
 #include <array>
