@@ -22,7 +22,7 @@ def result():
 
 def test_rows_cover_every_variant_dtype_thread_count_and_output_mode(result):
     timed = [v.name for v in bench.VARIANTS if v.name not in result["unavailable"]]
-    assert {"dropout+mask", "dropout", "dropout_grad"} <= set(timed)
+    assert {"dropout+mask", "dropout", "dropout_grad", "bitmask_dropout+mask", "bitmask_dropout_grad"} <= set(timed)
     import onnxruntime as ort
 
     # bfloat16 is left out only where the Python API cannot make its OrtValues (onnxruntime 1.17)
@@ -41,8 +41,9 @@ def test_row_fields_and_arithmetic(result):
         assert ROW_FIELDS <= set(r), r
         assert r["n"] == 1 << r["log2n"] and r["ms"] > 0 and r["min_ms"] <= r["ms"]
         itemsize = {"float32": 4, "float64": 8, "float16": 2, "bfloat16": 2}[r["dtype"]]
-        per_elem = 2 * itemsize if r["impl"] == "dropout" else 2 * itemsize + 1
-        assert r["bytes"] == per_elem * r["n"]
+        # X (dY) read, Y (dX) written, and the mask: n bools, n / 8 bytes of packed words, or none
+        mask_bytes = {"dropout": 0, "bitmask_dropout+mask": r["n"] // 8, "bitmask_dropout_grad": r["n"] // 8}
+        assert r["bytes"] == 2 * itemsize * r["n"] + mask_bytes.get(r["impl"], r["n"])
         assert r["gbps"] == pytest.approx(r["bytes"] / (r["ms"] * 1e-3) / 1e9)
         assert r["ns_per_elem"] == pytest.approx(r["ms"] * 1e6 / r["n"])
         assert r["copy_by"] in ("pool", "memcpy")
@@ -50,9 +51,9 @@ def test_row_fields_and_arithmetic(result):
         assert r["vs_copy"] == pytest.approx(r["copy_ms"] / r["ms"])
         builtin = [b for b in result["rows"] if b["impl"] == bench.BUILTIN and
                    (b["n"], b["threads"], b["mode"], b["dtype"]) == (r["n"], r["threads"], r["mode"], r["dtype"])]
-        if r["impl"] == "dropout+mask" and builtin:
+        if r["impl"] in ("dropout+mask", "bitmask_dropout+mask") and builtin:
             assert r["vs_builtin"] == pytest.approx(builtin[0]["ms"] / r["ms"])
-        elif r["impl"] in ("dropout", "dropout_grad", bench.BUILTIN):
+        elif r["impl"] in ("dropout", "dropout_grad", "bitmask_dropout_grad", bench.BUILTIN):
             assert r["vs_builtin"] is None
         if result["machine"]["ghz"]:
             assert r["cycles_per_elem"] == pytest.approx(r["ns_per_elem"] * result["machine"]["ghz"] * r["threads"])
@@ -75,6 +76,29 @@ def test_an_rng_variant_the_library_ignores_is_listed_unavailable(monkeypatch):
     reason = bench.probe_variant(probe)
     assert reason  # ignored (Philox masks came back) or refused at session creation, with the reason
     assert bench.probe_variant(bench.VARIANTS[0]) is None
+
+
+def test_bitmask_variants_time_the_packed_ops():
+    """The bitmask rows run BitmaskDropout (uint32 mask of ceil(n / 32) words) and BitmaskDropoutGrad,
+    with the same masks as the bool-mask variants."""
+    import numpy as np
+    from onnx import TensorProto
+
+    by_name = {v.name: v for v in bench.VARIANTS}
+    fwd, grad = by_name["bitmask_dropout+mask"], by_name["bitmask_dropout_grad"]
+    assert (fwd.op, fwd.bitmask, fwd.grad) == ("BitmaskDropout", True, False)
+    assert (grad.op, grad.bitmask, grad.grad) == ("BitmaskDropoutGrad", True, True)
+    model = bench.variant_model(fwd, "float32")
+    assert [n.op_type for n in model.graph.node] == ["BitmaskDropout"]
+    assert model.graph.output[1].type.tensor_type.elem_type == TensorProto.UINT32
+    assert bench.variant_model(grad, "float16").graph.input[1].type.tensor_type.elem_type == TensorProto.UINT32
+    for n in (1, 31, 32, 33, 1000):
+        words = grad.mask_array(n)
+        assert words.dtype == np.uint32 and words.shape == (-(-n // 32),)
+        keep = by_name["dropout_grad"].mask_array(n)
+        assert np.array_equal(np.unpackbits(words.view(np.uint8), bitorder="little")[:n].astype(bool), keep)
+        assert grad.bytes_moved(n, 4) == 8 * n + 4 * -(-n // 32)
+    assert bench.probe_variant(fwd) is None and bench.probe_variant(grad) is None
 
 
 def test_cli_json_on_tiny_sizes(capsys):

@@ -268,6 +268,84 @@ def test_more_than_2_31_elements(gpu):
     assert 0.49 < m_gpu[-(1 << 24):].mean() < 0.51
 
 
+# ------------------------------------------------------------------------------------ BitmaskDropout
+
+
+BITMASK_SHAPES = [(7, 3, 1001), (1,), (31,), (32,), (33,), (65,), (4099,), (), (0,), (3, 0, 2)]
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+@pytest.mark.parametrize("rng", ["philox", "caffe2_mt19937"])
+@pytest.mark.parametrize("ratio", [0.4, 0.0, 1.0])
+def test_bitmask_dropout_matches_cpu_every_run(gpu, dtype, rng, ratio):
+    """BitmaskDropout beside Dropout (same seed) on both EPs: the CUDA EP's packed masks equal the CPU
+    EP's on every run (and Dropout's packed bool mask), Y equal; padding bits 0."""
+    from test_bitmask_ops import inputs_for, packed, pair_model
+
+    model = pair_model(dtype, BITMASK_SHAPES, ratio=ratio, seed=4321, rng=rng)
+    cpu, cuda = _cpu_and_gpu(model)
+    names = [o.name for o in cuda.get_outputs()]
+    feeds = inputs_for(dtype, BITMASK_SHAPES, seed=3)
+    for run in range(3):
+        oc = dict(zip(names, cpu.run(None, feeds)))
+        og = dict(zip(names, cuda.run(None, feeds)))
+        for i, shape in enumerate(BITMASK_SHAPES):
+            tag = f"run {run} shape {shape}"
+            assert og[f"M{i}_b"].dtype == np.uint32 and np.array_equal(og[f"M{i}_b"], oc[f"M{i}_b"]), tag
+            assert np.array_equal(og[f"M{i}_b"], packed(og[f"M{i}_d"])), tag
+            assert _same(og[f"Y{i}_b"], oc[f"Y{i}_b"]) and _same(og[f"Y{i}_b"], og[f"Y{i}_d"]), tag
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_bitmask_test_mode_and_no_mask_output(gpu, dtype):
+    from test_bitmask_ops import inputs_for, pair_model
+
+    test = pair_model(dtype, BITMASK_SHAPES, ratio=0.3, is_test=1, seed=2)
+    cpu, cuda = _cpu_and_gpu(test)
+    names = [o.name for o in cuda.get_outputs()]
+    feeds = inputs_for(dtype, BITMASK_SHAPES, seed=4)
+    oc, og = dict(zip(names, cpu.run(None, feeds))), dict(zip(names, cuda.run(None, feeds)))
+    for i in range(len(BITMASK_SHAPES)):
+        assert np.array_equal(og[f"M{i}_b"], oc[f"M{i}_b"]) and _same(og[f"Y{i}_b"], oc[f"Y{i}_b"])
+    n = 4099
+    nodes = [helper.make_node("BitmaskDropout", ["X"], ["Y"], domain="ai.caffe2", ratio=0.3, seed=5)]
+    f = TensorProto.FLOAT
+    model = make_model(nodes, [helper.make_tensor_value_info("X", f, [n])],
+                       [helper.make_tensor_value_info("Y", f, None)])
+    x = _sample((n,), "float32")
+    cpu, cuda = _cpu_and_gpu(model)
+    for _ in range(2):
+        assert _same(cpu.run(None, {"X": x})[0], cuda.run(None, {"X": x})[0])
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_bitmask_grad_matches_cpu(gpu, dtype):
+    from test_bitmask_ops import grad_pair_model, packed
+
+    rng = np.random.default_rng(12)
+    for attrs in ({"ratio": 0.35}, {"ratio": 1.0}, {"ratio": 0.35, "is_test": 1}):
+        cpu, cuda = _cpu_and_gpu(grad_pair_model(dtype, **attrs))
+        for shape in [(3, 5, 333), (33,), (1,), (), (0,)]:
+            wide = np.float64 if dtype == "float64" else np.float32
+            dy = _sample(shape, dtype, seed=5) if shape else np.asarray(-2.5, wide)
+            keep = np.asarray(rng.random(shape) < 0.6)
+            words = packed(keep)
+            if keep.size % 32:
+                words[-1] |= np.uint32(0xFFFFFFFF << (keep.size % 32) & 0xFFFFFFFF)  # padding is not read
+            feeds = {"dY": dy, "M": keep, "W": words}
+            dc, dg = cpu.run(None, feeds), cuda.run(None, feeds)
+            assert _same(dg[1], dc[1]) and _same(dg[1], dg[0]), (attrs, shape)
+
+
+def test_bitmask_grad_rejects_a_wrong_word_count(gpu):
+    from test_bitmask_ops import grad_model as bitmask_grad_model
+
+    _, cuda = _cpu_and_gpu(bitmask_grad_model(name="g", ratio=0.5))
+    with pytest.raises(Exception, match=r"BitmaskDropoutGrad node 'g': mask has 3 words but dY has 33 elements, "
+                                         r"which need 2 words"):
+        cuda.run(None, {"dY": np.ones(33, np.float32), "M": np.ones(3, np.uint32)})
+
+
 # ------------------------------------------------------------------------------------ IOBinding, threads
 
 

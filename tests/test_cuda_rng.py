@@ -203,15 +203,18 @@ def test_caffe2_known_answers_on_cuda(gpu):
 _SCRIPT = r"""
 import sys, numpy as np, onnxruntime as ort
 from onnx import TensorProto, helper
-lib, engine, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+lib, engine, mode, op = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
 attrs = {"engine": engine} if engine else {}
 if mode == "graph-test":
     attrs["is_test"] = 1
-node = helper.make_node("Dropout", ["X"], ["Y", "mask"], domain="ai.caffe2", name="gpu_mt", ratio=0.5, seed=3,
+# BitmaskDropout's mask: 1024 elements in 32 uint32 words
+mask_type, mask_shape, mask_np = ((TensorProto.UINT32, [32], np.uint32) if op == "BitmaskDropout"
+                                  else (TensorProto.BOOL, [1024], np.bool_))
+node = helper.make_node(op, ["X"], ["Y", "mask"], domain="ai.caffe2", name="gpu_mt", ratio=0.5, seed=3,
                         rng="caffe2_mt19937", **attrs)
 g = helper.make_graph([node], "g", [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1024])],
                       [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1024]),
-                       helper.make_tensor_value_info("mask", TensorProto.BOOL, [1024])])
+                       helper.make_tensor_value_info("mask", mask_type, mask_shape)])
 m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.caffe2", 1)], ir_version=8)
 so = ort.SessionOptions()
 so.log_severity_level = 1
@@ -219,11 +222,12 @@ so.register_custom_ops_library(lib)
 opts = {"enable_cuda_graph": "1"} if mode.startswith("graph") else {}
 s = ort.InferenceSession(m.SerializeToString(), so, providers=[("CUDAExecutionProvider", opts)])
 x = np.ones(1024, np.float32)
+kept = lambda m: int(np.unpackbits(np.ascontiguousarray(m).view(np.uint8)).sum())  # kept elements, either mask
 if mode.startswith("graph"):
     io = s.io_binding()
     io.bind_ortvalue_input("X", ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
     y = ort.OrtValue.ortvalue_from_shape_and_type([1024], np.float32, "cuda", 0)
-    mask = ort.OrtValue.ortvalue_from_shape_and_type([1024], np.bool_, "cuda", 0)
+    mask = ort.OrtValue.ortvalue_from_shape_and_type(mask_shape, mask_np, "cuda", 0)
     io.bind_ortvalue_output("Y", y)
     io.bind_ortvalue_output("mask", mask)
     try:
@@ -233,16 +237,16 @@ if mode.startswith("graph"):
     except Exception as e:
         print("REFUSED:", e)
         sys.exit(0)
-    print("RAN", int(mask.numpy().sum()))
+    print("RAN", kept(mask.numpy()))
 else:
-    print("RAN", int(s.run(None, {"X": x})[1].sum()))
+    print("RAN", kept(s.run(None, {"X": x})[1]))
 """
 
 
-def _run(engine, mode="plain"):
+def _run(engine, mode="plain", op="Dropout"):
     # keep the caller's PYTHONPATH after ours: on the GPU machine it holds the unpacked onnxruntime-gpu
     path = os.pathsep.join(p for p in (str(ROOT / "python"), os.environ.get("PYTHONPATH", "")) if p)
-    out = subprocess.run([sys.executable, "-c", _SCRIPT, _lib(), engine, mode], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", _SCRIPT, _lib(), engine, mode, op], capture_output=True, text=True,
                          timeout=300, env={**os.environ, "PYTHONPATH": path})
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout, out.stderr
@@ -258,6 +262,14 @@ def test_cuda_graph_capture_is_refused_naming_node_and_rng(gpu):
     stdout, stderr = _run("", "graph")
     assert stdout.startswith("REFUSED:"), stdout + stderr[-2000:]
     assert opdefs.cuda_graph_rng_message(opdefs.where("Dropout", "gpu_mt"), MT) in stdout
+
+
+def test_bitmask_cuda_graph_capture_is_refused_naming_node_and_rng(gpu):
+    stdout, stderr = _run("", "graph", op="BitmaskDropout")
+    assert stdout.startswith("REFUSED:"), stdout + stderr[-2000:]
+    assert opdefs.cuda_graph_rng_message(opdefs.where("BitmaskDropout", "gpu_mt"), MT) in stdout
+    stdout, stderr = _run("", "graph-test", op="BitmaskDropout")
+    assert stdout.startswith("RAN 1024"), stdout + stderr[-2000:]  # test mode keeps all
 
 
 def test_cuda_graph_capture_of_test_mode_runs(gpu):

@@ -3,7 +3,8 @@
 Measured side by side in one run, for every size, thread count, element type and output mode:
 
 - the variants in ``VARIANTS`` (Dropout with and without the mask output, DropoutGrad, the rng
-  variants): one data row each, so another variant is a one-line addition;
+  variants, BitmaskDropout with its bit-packed mask and BitmaskDropoutGrad): one data row each, so
+  another variant is a one-line addition;
 - ``copy``: the same bytes copied with the same number of threads, the faster of two copies: the
   library's own test-mode Dropout (an exact copy, split over ORT's intra-op pool like the training
   kernels, into outputs allocated the same way) and a memcpy split over Python threads (numpy releases
@@ -14,7 +15,8 @@ Output modes: ``ort`` = outputs allocated by ORT (its arena, 64-byte aligned: wh
 model writes to, and the path that takes non-temporal stores for large outputs), ``bound`` =
 outputs bound to preallocated numpy arrays (16-byte aligned). Bytes per run: read the inputs, write
 the outputs (Dropout + mask: 2 s + 1 per element for an s-byte type; Dropout: 2 s; DropoutGrad:
-2 s + 1). Times are medians of repeated runs after warm-up (minimums in ``--json``).
+2 s + 1; BitmaskDropout + mask and BitmaskDropoutGrad: 2 s + 1/8, the mask as ceil(N / 32) uint32
+words). Times are medians of repeated runs after warm-up (minimums in ``--json``).
 """
 
 from __future__ import annotations
@@ -49,12 +51,38 @@ class Variant:
     """One ai.caffe2 kernel configuration to time."""
 
     name: str
-    op: str  # "Dropout" or "DropoutGrad"
-    mask: bool  # Dropout: the mask output is requested; DropoutGrad: always True (training)
+    op: str  # "Dropout", "DropoutGrad", "BitmaskDropout" or "BitmaskDropoutGrad"
+    mask: bool  # forward: the mask output is requested; gradient: always True (training)
     attrs: tuple = ()  # extra node attributes as (name, value) pairs
 
-    def bytes_per_element(self, itemsize: int) -> int:
-        return 2 * itemsize + (1 if self.mask else 0)
+    @property
+    def grad(self) -> bool:
+        return self.op.endswith("Grad")
+
+    @property
+    def bitmask(self) -> bool:
+        """The mask is bit-packed: ceil(n / 32) uint32 words instead of n bools."""
+        return self.op.startswith("Bitmask")
+
+    def mask_bytes(self, n: int) -> int:
+        if not self.mask:
+            return 0
+        return 4 * -(-n // 32) if self.bitmask else n
+
+    def bytes_moved(self, n: int, itemsize: int) -> int:
+        """Bytes a run reads and writes: X (dY) read, Y (dX) written, the mask written (read)."""
+        return 2 * itemsize * n + self.mask_bytes(n)
+
+    def mask_array(self, n: int):
+        """A training mask to feed a gradient variant: about 1 - RATIO of the elements kept."""
+        keep = np.random.default_rng(1).random(n) >= RATIO
+        return packed_mask(keep) if self.bitmask else keep
+
+
+def packed_mask(keep):
+    """A bool mask as BitmaskDropout's uint32 words: bit j of word w = element 32 w + j, padding 0."""
+    b = np.packbits(np.asarray(keep, bool).ravel(), bitorder="little")
+    return np.pad(b, (0, -len(b) % 4)).view("<u4")
 
 
 VARIANTS = (
@@ -62,6 +90,8 @@ VARIANTS = (
     Variant("dropout", "Dropout", False),
     Variant("dropout_grad", "DropoutGrad", True),
     Variant("dropout+mask mt19937", "Dropout", True, (("rng", "caffe2_mt19937"),)),
+    Variant("bitmask_dropout+mask", "BitmaskDropout", True),
+    Variant("bitmask_dropout_grad", "BitmaskDropoutGrad", True),
 )
 BUILTIN = "ORT Dropout (opset 13)"
 TORCH = "torch dropout"
@@ -221,13 +251,14 @@ def variant_model(variant: Variant, dtype: str):
     from ._library import DOMAIN
 
     t = _ONNX_TYPES[dtype]
+    m = TensorProto.UINT32 if variant.bitmask else TensorProto.BOOL
     attrs = dict(variant.attrs)
-    if variant.op == "Dropout":
-        outs = [("Y", t)] + ([("mask", TensorProto.BOOL)] if variant.mask else [])
-        node = helper.make_node("Dropout", ["X"], [n for n, _ in outs], domain=DOMAIN, ratio=RATIO, seed=SEED, **attrs)
+    if not variant.grad:
+        outs = [("Y", t)] + ([("mask", m)] if variant.mask else [])
+        node = helper.make_node(variant.op, ["X"], [n for n, _ in outs], domain=DOMAIN, ratio=RATIO, seed=SEED, **attrs)
         return _model([node], [("X", t)], outs)
-    node = helper.make_node("DropoutGrad", ["X", "mask"], ["Y"], domain=DOMAIN, ratio=RATIO, **attrs)
-    return _model([node], [("X", t), ("mask", TensorProto.BOOL)], [("Y", t)])
+    node = helper.make_node(variant.op, ["X", "mask"], ["Y"], domain=DOMAIN, ratio=RATIO, **attrs)
+    return _model([node], [("X", t), ("mask", m)], [("Y", t)])
 
 
 def copy_model():
@@ -337,13 +368,14 @@ def probe_variant(variant: Variant):
     x = np.ones(n, np.float32)
     try:
         sess = _session(variant_model(variant, "float32"), 1, True)
-        feeds = {"X": x} if variant.op == "Dropout" else {"X": x, "mask": np.ones(n, bool)}
+        feeds = {"X": x, "mask": variant.mask_array(n)} if variant.grad else {"X": x}
         out = sess.run(None, feeds)
     except Exception as e:  # noqa: BLE001 - any failure makes the variant unavailable, with ORT's reason
         return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     rng = attrs.get("rng", "")
-    if variant.op == "Dropout" and variant.mask and rng not in ("", "philox"):
-        if np.array_equal(out[1], R.keep_mask(SEED, 0, x.shape, RATIO)):
+    if not variant.grad and variant.mask and rng not in ("", "philox"):
+        philox = R.keep_mask(SEED, 0, x.shape, RATIO)
+        if np.array_equal(out[1], packed_mask(philox) if variant.bitmask else philox):
             return f"the loaded library ignores rng = {rng!r} (it returned the Philox masks)"
     return None
 
@@ -456,18 +488,19 @@ def measure(sizes, threads_list, dtypes=("float32",), modes=OUTPUT_MODES, varian
         for dtype in dtypes:
             np_type = _np_dtype(dtype)
             x = np.random.default_rng(0).standard_normal(n).astype(np.float32).astype(np_type)
-            grad_mask = np.random.default_rng(1).random(n) >= RATIO
             full = (2 * np_type.itemsize + 1) * n  # read X, write Y and mask
             for threads in threads_list:
                 for mode in modes:
                     for v in runnable:
-                        nbytes = v.bytes_per_element(np_type.itemsize) * n
+                        nbytes = v.bytes_moved(n, np_type.itemsize)
                         feeds = {"X": (x, dtype)}
                         outputs = {"Y": ((n,), np_type, dtype)}
-                        if v.op == "DropoutGrad":
-                            feeds["mask"] = (grad_mask, "bool")
+                        if v.grad:
+                            mask = v.mask_array(n)
+                            feeds["mask"] = (mask, "uint32" if v.bitmask else "bool")
                         elif v.mask:
-                            outputs["mask"] = ((n,), np.bool_, "bool")
+                            outputs["mask"] = (((n + 31) // 32,), np.uint32, "uint32") if v.bitmask else \
+                                ((n,), np.bool_, "bool")
                         sess = _session(variant_model(v, dtype), threads, True)
                         timing = _time(_runner(sess, feeds, outputs, mode), min_time)
                         del sess
@@ -488,10 +521,10 @@ def measure(sizes, threads_list, dtypes=("float32",), modes=OUTPUT_MODES, varian
                     timing = _time(lambda: th.nn.functional.dropout(tx, p=RATIO, training=True), min_time / 4,
                                    min_reps=3, warmup=1)
                     add(n, log2n, threads, "torch", dtype, TORCH, full, timing, copy_times(full, threads, "ort"))
-            del x, grad_mask
+            del x
     # Speed-up over ORT's own Dropout (which also writes the mask) for the forward-with-mask variants.
     builtin_ms = {(r["n"], r["threads"], r["mode"], r["dtype"]): r["ms"] for r in rows if r["impl"] == BUILTIN}
-    forward_with_mask = {v.name for v in runnable if v.op == "Dropout" and v.mask}
+    forward_with_mask = {v.name for v in runnable if not v.grad and v.mask}
     for r in rows:
         ref = builtin_ms.get((r["n"], r["threads"], r["mode"], r["dtype"]))
         r["vs_builtin"] = ref / r["ms"] if ref and r["impl"] in forward_with_mask else None
@@ -508,7 +541,8 @@ def format_header(result) -> str:
         f"clock for cycles/elem: {m['ghz']:.2f} GHz from {m['ghz_source']}" if m["ghz"] else
         f"clock: {m['ghz_source']}: no cycles per element",
         f"onnxruntime {m['onnxruntime']}, numpy {m['numpy']}, library {m['library']}",
-        "bytes per run: Dropout+mask and DropoutGrad 2s+1 per element, Dropout 2s (s = element size); copy = the "
+        "bytes per run: Dropout+mask and DropoutGrad 2s+1 per element, Dropout 2s, BitmaskDropout+mask and "
+        "BitmaskDropoutGrad 2s+1/8 (s = element size); copy = the "
         "faster of two copies of the same bytes with the same threads (test-mode Dropout on ORT's pool, memcpy "
         "over Python threads); x copy = copy time / this time; x ORT = ORT Dropout's time / this time (forward "
         "with mask); cyc/el = time x threads x clock / N; mode: ort = "

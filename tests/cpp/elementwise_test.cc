@@ -1,6 +1,8 @@
-// Every CPU path of ApplyKeepBits and ApplyMaskGrad against the portable path, bit for bit, for the
-// four element types: special values (NaN payloads, infinities, signed zeros, subnormals, values that
-// overflow when scaled), lengths with scalar tails, unaligned and 64-byte aligned (streaming) outputs.
+// Every CPU path of ApplyKeepBits and ApplyMaskGrad (bool and packed masks) against the portable path,
+// bit for bit, for the four element types: special values (NaN payloads, infinities, signed zeros,
+// subnormals, values that overflow when scaled), lengths with scalar tails, unaligned and 64-byte
+// aligned (streaming) outputs; the packed-mask grad against the bool-mask grad of the same decisions;
+// StoreMaskWords and FillKeptMaskWords against a bit-by-bit reference.
 #include <cstdio>
 #include <cstdint>
 #include <cstdlib>
@@ -94,6 +96,19 @@ void Check(CpuIsa isa, std::mt19937_64& rng) {
         ApplyMaskGrad<E>(CpuIsa::kScalar, x.data(), mask, y_want + offset, n, scale);
         ApplyMaskGrad<E>(isa, x.data(), mask, y_got + offset, n, scale);
         Same(y_want + offset, y_got + offset, n, "ApplyMaskGrad dx", CpuIsaName(isa), ElemTraits<E>::kName, n);
+        // BitmaskDropoutGrad: the same decisions packed, with random padding bits (never read).
+        std::vector<uint32_t> words((n + 31) / 32);
+        for (auto& w : words) w = static_cast<uint32_t>(rng());
+        for (size_t i = 0; i < n; ++i) {
+          const uint32_t bit = uint32_t{1} << (i % 32);
+          words[i / 32] = mask_bytes[i] != 0 ? (words[i / 32] | bit) : (words[i / 32] & ~bit);
+        }
+        for (CpuIsa path : {CpuIsa::kScalar, isa}) {
+          std::memset(static_cast<void*>(y_got), 0x5A, bytes);
+          ApplyMaskGrad<E>(path, x.data(), words.data(), y_got + offset, n, scale);
+          Same(y_want + offset, y_got + offset, n, "ApplyMaskGrad dx (packed mask)", CpuIsaName(path),
+               ElemTraits<E>::kName, n);
+        }
         std::free(y_want);
         std::free(y_got);
         std::free(m_want);
@@ -103,11 +118,39 @@ void Check(CpuIsa isa, std::mt19937_64& rng) {
   }
 }
 
+// StoreMaskWords and FillKeptMaskWords: ceil(n / 32) words, bit i of the words = bit i of the keep
+// bits for i < n, 0 beyond; the word after them is never written.
+void CheckMaskWords(std::mt19937_64& rng) {
+  for (size_t n : {size_t{1}, size_t{31}, size_t{32}, size_t{33}, size_t{63}, size_t{64}, size_t{65}, size_t{96},
+                   size_t{127}, size_t{128}, size_t{256}, size_t{1000}}) {
+    std::vector<uint64_t> bits((n + 63) / 64);
+    for (auto& w : bits) w = rng();  // bits past n set at random: they must not reach the mask
+    const size_t words = (n + 31) / 32;
+    std::vector<uint32_t> got(words + 1, 0xA5A5A5A5u), kept(words + 1, 0xA5A5A5A5u);
+    StoreMaskWords(bits.data(), n, got.data());
+    FillKeptMaskWords(n, kept.data());
+    for (size_t i = 0; i < 32 * words; ++i) {
+      const bool want = i < n && ((bits[i / 64] >> (i % 64)) & 1u);
+      const bool have = (got[i / 32] >> (i % 32)) & 1u;
+      const bool have_kept = (kept[i / 32] >> (i % 32)) & 1u;
+      if (want != have || have_kept != (i < n)) {
+        if (failures++ < 10) std::printf("mismatch: mask words n %zu bit %zu\n", n, i);
+        break;
+      }
+    }
+    if (got[words] != 0xA5A5A5A5u || kept[words] != 0xA5A5A5A5u) {
+      if (failures++ < 10) std::printf("mask words n %zu: wrote past word %zu\n", n, words);
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
   const CpuIsa best = SelectCpuIsa();
   std::mt19937_64 rng(12345);
+  CheckMaskWords(rng);
+  std::printf("checked mask words\n");
   for (CpuIsa isa : {CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kAvx512Ifma}) {
     if (static_cast<int>(isa) > static_cast<int>(best)) continue;  // not supported on this CPU
     Check<Elem::kFloat>(isa, rng);

@@ -12,6 +12,11 @@ Run by tests/gpu/run_all.sh on a machine with a GPU and PyTorch:
       dtype, odd sizes, unaligned, in place, no mask);
       the plugin's device-resident counter (reserve kernel + base slot): sequential calls, three
       replays of a captured CUDA graph, two concurrent streams;
+      BitmaskDropout / BitmaskDropoutGrad's packed-mask kernels (uint32 words, bit j of word w =
+      element 32 w + j): words equal to numpy's packbits of the reference mask with zero padding and
+      nothing written past the last word, Y and dX exact, sizes around 32-element words, unaligned
+      (the scalar path), in place, no mask, random padding bits in the backward's words, the
+      test-mode fill; 2^24 + 5 elements against the GPU re-implementation;
   (b) the cuDNN engine: kept fraction near 1 - ratio, Y == X * m / (1 - ratio) with m recovered from
       Y != 0, backward consistent with forward (its states attached, never seeded, and poisoned),
       fresh masks on the next call, in place;
@@ -112,6 +117,9 @@ class Launcher:
         lib.c2ort_test_backward.argtypes = [i32, vp, vp, i32, vp, u64, f32, vp]
         lib.c2ort_test_apply_keep_bits.argtypes = [i32, vp, vp, vp, vp, u64, f32, vp]
         lib.c2ort_test_forward_counter.argtypes = [i32, vp, vp, vp, u64, u64, vp, vp, f32, vp]
+        lib.c2ort_test_forward_bitmask.argtypes = [i32, vp, vp, vp, u64, u64, u64, f32, vp]
+        lib.c2ort_test_backward_bitmask.argtypes = [i32, vp, vp, i32, vp, u64, f32, vp]
+        lib.c2ort_test_fill_kept_words.argtypes = [vp, u64, vp]
         lib.c2ort_test_cudnn_create.argtypes = [i32, f32, u64, vp]
         lib.c2ort_test_cudnn_create.restype = vp
         lib.c2ort_test_cudnn_destroy.argtypes = [vp]
@@ -143,6 +151,17 @@ class Launcher:
     def backward(self, dtype, dy, mask, keep_all, dx, n, ratio, stream):
         self._check(self.lib.c2ort_test_backward(DTYPE_CODES[dtype], dy, mask, int(keep_all), dx, n, ratio, stream),
                     "backward")
+
+    def forward_bitmask(self, dtype, x, y, words, n, seed, base, ratio, stream):
+        self._check(self.lib.c2ort_test_forward_bitmask(DTYPE_CODES[dtype], x, y, words, n, seed & (2**64 - 1), base,
+                                                        ratio, stream), "forward (packed mask)")
+
+    def backward_bitmask(self, dtype, dy, words, keep_all, dx, n, ratio, stream):
+        self._check(self.lib.c2ort_test_backward_bitmask(DTYPE_CODES[dtype], dy, words, int(keep_all), dx, n, ratio,
+                                                         stream), "backward (packed mask)")
+
+    def fill_kept_words(self, words, n, stream):
+        self._check(self.lib.c2ort_test_fill_kept_words(words, n, stream), "fill kept words")
 
     def cudnn(self, dtype, ratio, seed, stream):
         h = self.lib.c2ort_test_cudnn_create(DTYPE_CODES[dtype], ratio, seed, stream)
@@ -326,6 +345,96 @@ class Checks:
                         count += 1
         self.torch.cuda.synchronize()
         print(f"(a) keep bits: {count} cases checked against the numpy reference's caffe2_mt19937 stream", flush=True)
+
+    # ---------------------------------------------------------------------------------- (a) packed masks
+    @staticmethod
+    def packed_words(keep: np.ndarray) -> np.ndarray:
+        """numpy's packbits of a bool mask, little bit order, zero-padded to uint32 words."""
+        b = np.packbits(keep.ravel(), bitorder="little")
+        return np.pad(b, (0, -len(b) % 4)).view("<u4")
+
+    def check_bitmask(self) -> None:
+        torch = self.torch
+        rng = np.random.default_rng(404)
+        poison = 0x5A5A5A5A
+        dtypes = [("float32", np.dtype(np.float32)), ("float64", np.dtype(np.float64)),
+                  ("float16", np.dtype(np.float16)), ("bfloat16", R.bfloat16)]
+        sizes = [0, 1, 3, 4, 7, 8, 9, 31, 32, 33, 63, 64, 65, 127, 128, 129, 255, 257, 1000, 4099, 65537]
+        cases = [(0.5, 7, 0), (0.25, 2**63 + 99, 2**32 - 3), (0.0, 1, 0), (1.0, 3, 11)]
+        count = 0
+        for name, dt in dtypes:
+            for n in sizes:
+                nw = (n + 31) // 32
+                for ratio, seed, base in cases:
+                    for layout in ("aligned", "unaligned", "inplace", "nomask"):
+                        x_np = self.sample_input(rng, n, dt, special=True)
+                        y_ref, keep = R.dropout(x_np, ratio=ratio, seed=seed, base=base)
+                        off = 1 if layout == "unaligned" else 0
+                        with torch.cuda.stream(self.stream):
+                            x = self.to_gpu(np.concatenate([np.zeros(off, dt), x_np]) if off else x_np)[off:]
+                            if layout == "inplace":
+                                y = x
+                            else:
+                                y = torch.full((n + off,), float("nan"), dtype=self.tdt[name], device="cuda")[off:]
+                            w = torch.full((nw + 1,), poison, dtype=torch.int32, device="cuda")
+                            self.L.forward_bitmask(name, x.data_ptr(), y.data_ptr(),
+                                                   None if layout == "nomask" else w.data_ptr(), n, seed, base,
+                                                   ratio, self.sp)
+                            y_np = self.to_np(y, dt)
+                            w_np = w.cpu().numpy().view(np.uint32)
+                        tag = f"bitmask forward {name} n={n} ratio={ratio} seed={seed} base={base} {layout}"
+                        self.expect(self.same_bits(y_np, y_ref), tag + ": Y")
+                        if layout == "nomask":
+                            self.expect(bool(np.all(w_np == poison)), tag + ": mask memory untouched")
+                        else:
+                            self.expect(np.array_equal(w_np[:nw], self.packed_words(keep)), tag + ": words")
+                            self.expect(int(w_np[nw]) == poison, tag + ": nothing past the last word")
+                        # backward from the packed reference mask with random padding bits
+                        dy_np = self.sample_input(rng, n, dt, special=True)
+                        dx_ref = R.dropout_grad(dy_np, keep, ratio=ratio)
+                        words = self.packed_words(keep).copy()
+                        if n % 32:
+                            words[-1] |= np.uint32((int(rng.integers(0, 2**32)) >> (n % 32)) << (n % 32))
+                        with torch.cuda.stream(self.stream):
+                            dy = self.to_gpu(np.concatenate([np.zeros(off, dt), dy_np]) if off else dy_np)[off:]
+                            wg = torch.from_numpy(words.view(np.int32).copy()).cuda()
+                            if layout == "inplace":
+                                dx = dy
+                            else:
+                                dx = torch.full((n + off,), float("nan"), dtype=self.tdt[name], device="cuda")[off:]
+                            self.L.backward_bitmask(name, dy.data_ptr(), wg.data_ptr() if nw else None, True,
+                                                    dx.data_ptr(), n, ratio, self.sp)
+                            dx_np = self.to_np(dx, dt)
+                        self.expect(self.same_bits(dx_np, dx_ref), tag.replace("forward", "backward") + ": dX")
+                        count += 1
+        # test mode's mask: every valid bit 1, padding 0, nothing past the last word
+        for n in (1, 7, 8, 9, 31, 32, 33, 63, 64, 65, 1000):
+            nw = (n + 31) // 32
+            with torch.cuda.stream(self.stream):
+                w = torch.full((nw + 1,), poison, dtype=torch.int32, device="cuda")
+                self.L.fill_kept_words(w.data_ptr(), n, self.sp)
+                w_np = w.cpu().numpy().view(np.uint32)
+            self.expect(np.array_equal(w_np[:nw], self.packed_words(np.ones(n, bool))) and int(w_np[nw]) == poison,
+                        f"bitmask test-mode words n={n}")
+        # a large run: words against the GPU re-implementation of the contract
+        n, seed, base, ratio = (1 << 24) + 5, 0xBEEF, 2**32 - 77, 0.3
+        with torch.cuda.stream(self.stream):
+            x = torch.randn(n, device="cuda", dtype=torch.float32)
+            y = torch.empty_like(x)
+            w = torch.empty(((n + 31) // 32,), dtype=torch.int32, device="cuda")
+            self.L.forward_bitmask("float32", x.data_ptr(), y.data_ptr(), w.data_ptr(), n, seed, base, ratio, self.sp)
+            keep = self.reference_keep(n, seed, base, ratio)
+            shifts = torch.arange(32, device="cuda", dtype=torch.int64)
+            padded = torch.zeros(((n + 31) // 32) * 32, dtype=torch.int64, device="cuda")
+            padded[:n] = keep.to(torch.int64)
+            want = (padded.view(-1, 32) << shifts).sum(dim=1)
+            words_ok = bool(torch.equal(w.to(torch.int64) & MASK32, want))
+            y_ok = bool(torch.equal(y.view(torch.int32), self.expected_y(x, keep, ratio, "float32").view(torch.int32)))
+        self.expect(words_ok, "bitmask large n=2^24+5: words")
+        self.expect(y_ok, "bitmask large n=2^24+5: Y")
+        self.torch.cuda.synchronize()
+        print(f"(a) packed masks: {count} forward/backward cases per layout, test-mode fill, 2^24 + 5 elements",
+              flush=True)
 
     # ---------------------------------------------------------------------------------- (a) large
     def reference_keep(self, n: int, seed: int, base: int, ratio: float):
@@ -649,7 +758,7 @@ def main() -> int:
     t0 = time.time()
     summary = {"device": torch.cuda.get_device_name()}
     steps = [("small", checks.check_small), ("keep_bits", checks.check_keep_bits),
-             ("counter", checks.check_device_counter),
+             ("counter", checks.check_device_counter), ("bitmask", checks.check_bitmask),
              ("large", lambda: checks.check_large(args.max_log2))]
     if not args.skip_huge:
         steps.append(("huge", checks.check_huge))

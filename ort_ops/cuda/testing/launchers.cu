@@ -56,13 +56,15 @@ int Guarded(Fn&& fn) {
   }
 }
 
-template <Elem E>
+template <Elem E, MaskKind K>
 cudaError_t Forward(const void* x, void* y, void* mask, const ForwardParams& p, cudaStream_t s) {
   using S = typename ElemTraits<E>::Storage;
-  return LaunchDropoutForward<E>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<bool*>(mask), p, s);
+  using M = typename MaskTraits<K>::Word;
+  return LaunchDropoutForward<E, K>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<M*>(mask), p, s);
 }
 
-// Both forward entry points: the node's attributes (seed, ratio) into p, then the launch for dtype.
+// The forward entry points: the node's attributes (seed, ratio) into p, then the launch for dtype.
+template <MaskKind K = MaskKind::kBool>
 int ForwardFor(int dtype, const void* x, void* y, void* mask, ForwardParams p, uint64_t seed, float ratio,
                void* stream) {
   Elem elem;
@@ -72,10 +74,10 @@ int ForwardFor(int dtype, const void* x, void* y, void* mask, ForwardParams p, u
   p.scale = DropScale(ratio);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (elem) {
-    case Elem::kFloat: return Report(Forward<Elem::kFloat>(x, y, mask, p, s), "forward launch");
-    case Elem::kDouble: return Report(Forward<Elem::kDouble>(x, y, mask, p, s), "forward launch");
-    case Elem::kHalf: return Report(Forward<Elem::kHalf>(x, y, mask, p, s), "forward launch");
-    case Elem::kBFloat16: return Report(Forward<Elem::kBFloat16>(x, y, mask, p, s), "forward launch");
+    case Elem::kFloat: return Report(Forward<Elem::kFloat, K>(x, y, mask, p, s), "forward launch");
+    case Elem::kDouble: return Report(Forward<Elem::kDouble, K>(x, y, mask, p, s), "forward launch");
+    case Elem::kHalf: return Report(Forward<Elem::kHalf, K>(x, y, mask, p, s), "forward launch");
+    case Elem::kBFloat16: return Report(Forward<Elem::kBFloat16, K>(x, y, mask, p, s), "forward launch");
   }
   return Report("unreachable");
 }
@@ -88,12 +90,31 @@ cudaError_t ApplyBits(const void* x, void* y, void* mask, const uint64_t* bits, 
                                 scale, s);
 }
 
-template <Elem E>
+template <Elem E, MaskKind K>
 cudaError_t Backward(const void* dy, const void* mask, bool keep_all, void* dx, uint64_t n, float scale,
                      cudaStream_t s) {
   using S = typename ElemTraits<E>::Storage;
-  return LaunchDropoutBackward<E>(static_cast<const S*>(dy), static_cast<const bool*>(mask), keep_all,
-                                  static_cast<S*>(dx), n, scale, s);
+  using M = typename MaskTraits<K>::Word;
+  return LaunchDropoutBackward<E, K>(static_cast<const S*>(dy), static_cast<const M*>(mask), keep_all,
+                                     static_cast<S*>(dx), n, scale, s);
+}
+
+template <MaskKind K>
+int BackwardFor(int dtype, const void* dy, const void* mask, int keep_all, void* dx, uint64_t n, float ratio,
+                void* stream) {
+  Elem elem;
+  if (!ToElem(dtype, &elem)) return Report("unknown dtype code " + std::to_string(dtype));
+  const float scale = DropScale(ratio);
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const bool k = keep_all != 0;
+  switch (elem) {
+    case Elem::kFloat: return Report(Backward<Elem::kFloat, K>(dy, mask, k, dx, n, scale, s), "backward launch");
+    case Elem::kDouble: return Report(Backward<Elem::kDouble, K>(dy, mask, k, dx, n, scale, s), "backward launch");
+    case Elem::kHalf: return Report(Backward<Elem::kHalf, K>(dy, mask, k, dx, n, scale, s), "backward launch");
+    case Elem::kBFloat16:
+      return Report(Backward<Elem::kBFloat16, K>(dy, mask, k, dx, n, scale, s), "backward launch");
+  }
+  return Report("unreachable");
 }
 
 // The forward's states seeded, the backward's only attached (as the plugin's kernels do); the
@@ -167,18 +188,29 @@ C2ORT_TEST_API int c2ort_test_apply_keep_bits(int dtype, const void* x, void* y,
 // The default engine's DropoutGrad; mask null means keep_all for every element.
 C2ORT_TEST_API int c2ort_test_backward(int dtype, const void* dy, const void* mask, int keep_all, void* dx, uint64_t n,
                                        float ratio, void* stream) {
-  Elem elem;
-  if (!ToElem(dtype, &elem)) return Report("unknown dtype code " + std::to_string(dtype));
-  const float scale = DropScale(ratio);
-  cudaStream_t s = static_cast<cudaStream_t>(stream);
-  const bool k = keep_all != 0;
-  switch (elem) {
-    case Elem::kFloat: return Report(Backward<Elem::kFloat>(dy, mask, k, dx, n, scale, s), "backward launch");
-    case Elem::kDouble: return Report(Backward<Elem::kDouble>(dy, mask, k, dx, n, scale, s), "backward launch");
-    case Elem::kHalf: return Report(Backward<Elem::kHalf>(dy, mask, k, dx, n, scale, s), "backward launch");
-    case Elem::kBFloat16: return Report(Backward<Elem::kBFloat16>(dy, mask, k, dx, n, scale, s), "backward launch");
-  }
-  return Report("unreachable");
+  return BackwardFor<MaskKind::kBool>(dtype, dy, mask, keep_all, dx, n, ratio, stream);
+}
+
+// BitmaskDropout's forward (words: ceil(n / 32) uint32 on the device, or null) from base, as
+// c2ort_test_forward.
+C2ORT_TEST_API int c2ort_test_forward_bitmask(int dtype, const void* x, void* y, void* words, uint64_t n,
+                                              uint64_t seed, uint64_t base, float ratio, void* stream) {
+  ForwardParams p;
+  p.n = n;
+  p.base = base;
+  return ForwardFor<MaskKind::kBits>(dtype, x, y, words, p, seed, ratio, stream);
+}
+
+// BitmaskDropoutGrad's backward from packed words; null words means keep_all for every element.
+C2ORT_TEST_API int c2ort_test_backward_bitmask(int dtype, const void* dy, const void* words, int keep_all, void* dx,
+                                               uint64_t n, float ratio, void* stream) {
+  return BackwardFor<MaskKind::kBits>(dtype, dy, words, keep_all, dx, n, ratio, stream);
+}
+
+// BitmaskDropout's test-mode mask: ceil(n / 32) words with the n valid bits 1.
+C2ORT_TEST_API int c2ort_test_fill_kept_words(void* words, uint64_t n, void* stream) {
+  return Report(LaunchFillKeptMaskWords(static_cast<uint32_t*>(words), n, static_cast<cudaStream_t>(stream)),
+                "fill kept words");
 }
 
 // A cuDNN engine instance (forward states seeded with seed on stream, backward states attached
