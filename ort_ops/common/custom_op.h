@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/errors.h"
+#include "common/mask_kind.h"
 #include "common/op_list.h"
 #include "common/ort_api.h"
 
@@ -114,24 +115,33 @@ class KernelOp : public OrtCustomOp {
   OpSignature sig_;
 };
 
-// Registers Dropout<E> and DropoutGrad<E> kernels of one execution provider for every element type:
-// Dropout(X: T) -> (Y: T, mask: bool, optional); DropoutGrad(dY: T, mask: bool, optional) -> dX: T.
-template <template <Elem> class DropoutKernel, template <Elem> class GradKernel>
+// Registers the dropout kernels of one execution provider for every element type, Kernel<E, K> for
+// both mask kinds (common/mask_kind.h):
+//   Dropout(X: T) -> (Y: T, mask: bool, optional);  DropoutGrad(dY: T, mask: bool, optional) -> dX: T
+//   BitmaskDropout(X: T) -> (Y: T, mask: uint32, optional);
+//   BitmaskDropoutGrad(dY: T, mask: uint32, optional) -> dX: T
+template <template <Elem, MaskKind> class DropoutKernel, template <Elem, MaskKind> class GradKernel>
 void AddDropoutOps(const char* provider, uint32_t api_version, OpList& ops,
                    OrtStatusPtr (*infer_dropout_shape)(OrtShapeInferContext*)) {
-  auto add = [&](auto elem) {
+  auto add = [&](auto elem, auto kind) {
     constexpr Elem E = decltype(elem)::value;
+    constexpr MaskKind K = decltype(kind)::value;
     constexpr ONNXTensorElementDataType T = OnnxType<E>();
-    constexpr ONNXTensorElementDataType kBool = ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
-    OpSignature dropout{"Dropout", provider, {{T, false}}, {{T, false}, {kBool, true}}, infer_dropout_shape};
-    OpSignature grad{"DropoutGrad", provider, {{T, false}, {kBool, true}}, {{T, false}}, nullptr};
-    ops.push_back(std::make_shared<KernelOp<DropoutKernel<E>>>(dropout, api_version));
-    ops.push_back(std::make_shared<KernelOp<GradKernel<E>>>(grad, api_version));
+    constexpr ONNXTensorElementDataType M = MaskOnnxType<K>();
+    OpSignature dropout{MaskTraits<K>::kForwardOp, provider, {{T, false}}, {{T, false}, {M, true}},
+                        infer_dropout_shape};
+    OpSignature grad{MaskTraits<K>::kGradOp, provider, {{T, false}, {M, true}}, {{T, false}}, nullptr};
+    ops.push_back(std::make_shared<KernelOp<DropoutKernel<E, K>>>(dropout, api_version));
+    ops.push_back(std::make_shared<KernelOp<GradKernel<E, K>>>(grad, api_version));
   };
-  add(std::integral_constant<Elem, Elem::kFloat>{});
-  add(std::integral_constant<Elem, Elem::kDouble>{});
-  add(std::integral_constant<Elem, Elem::kHalf>{});
-  add(std::integral_constant<Elem, Elem::kBFloat16>{});
+  auto add_kinds = [&](auto elem) {
+    add(elem, std::integral_constant<MaskKind, MaskKind::kBool>{});
+    add(elem, std::integral_constant<MaskKind, MaskKind::kBits>{});
+  };
+  add_kinds(std::integral_constant<Elem, Elem::kFloat>{});
+  add_kinds(std::integral_constant<Elem, Elem::kDouble>{});
+  add_kinds(std::integral_constant<Elem, Elem::kHalf>{});
+  add_kinds(std::integral_constant<Elem, Elem::kBFloat16>{});
 }
 
 }  // namespace caffe2_ort

@@ -12,6 +12,7 @@
 
 #include "common/dropout_math.h"
 #include "common/errors.h"
+#include "common/mask_kind.h"
 
 namespace caffe2_ort {
 namespace {
@@ -191,6 +192,14 @@ void CheckMaskCount(const DropoutConfig& config, size_t mask_count, size_t grad_
   }
 }
 
+void CheckMaskWordCount(const DropoutConfig& config, size_t mask_words, size_t grad_count) {
+  const uint64_t needed = MaskWordsFor(grad_count);
+  if (mask_words != needed) {
+    Fail(ORT_INVALID_ARGUMENT, config.Where(), ": mask has ", mask_words, " words but dY has ", grad_count,
+         " elements, which need ", needed, " words");
+  }
+}
+
 bool HasInput(const OrtKernelInfo* info, size_t index) {
   size_t count = 0;
   if (!Succeeds(Api().KernelInfo_GetInputCount(info, &count)) || index >= count) return false;
@@ -246,7 +255,8 @@ void LogWarning(const OrtKernelInfo* info, const std::string& message) {
                                    "caffe2_ort::LogWarning"));
 }
 
-DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed) {
+DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed,
+                                bool with_engine) {
   DropoutConfig c;
   c.op = op_name;
   c.node = Escaped(NodeName(info));
@@ -267,6 +277,10 @@ DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, 
   }
   c.is_test = is_test != 0;
 
+  if (!with_engine && ProbeAttribute(info, "engine") != AttrKind::kAbsent) {
+    Fail(ORT_INVALID_ARGUMENT, where, ": ", c.op,
+         " has no attribute engine (cuDNN's reserve space is not a bit mask; use Dropout with engine 'CUDNN')");
+  }
   std::string engine;
   if (CheckKind(info, "engine", AttrKind::kString, where) && !ReadString(info, "engine", &engine)) {
     Fail(ORT_FAIL, where, ": could not read attribute engine");
@@ -306,7 +320,7 @@ DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, 
   } else {
     for (const char* forward_only : {"seed", "rng"}) {
       if (ProbeAttribute(info, forward_only) != AttrKind::kAbsent) {
-        Fail(ORT_INVALID_ARGUMENT, where, ": DropoutGrad has no attribute ", forward_only,
+        Fail(ORT_INVALID_ARGUMENT, where, ": ", c.op, " has no attribute ", forward_only,
              " (it belongs to the forward Dropout; the mask input carries its draw)");
       }
     }

@@ -18,7 +18,7 @@ enum class Engine { kDefault, kCudnn };
 enum class Rng { kPhilox, kCaffe2Mt19937 };
 
 struct DropoutConfig {
-  std::string op;          // "Dropout" or "DropoutGrad", for messages
+  std::string op;          // "Dropout", "DropoutGrad", "BitmaskDropout" or "BitmaskDropoutGrad", for messages
   std::string node;        // the node's name, for messages
   float ratio = 0.5f;
   bool is_test = false;
@@ -42,11 +42,13 @@ struct DropoutConfig {
 };
 
 // Reads ratio, is_test, engine (and seed and rng for Dropout: with_seed) from the node; throws OpError
-// with a message naming the op, the node and the offending value. An attribute of the wrong kind
+// with a message naming the op, the node and the offending value. Without with_engine (the Bitmask ops)
+// an engine attribute of any kind or value is refused: cuDNN's reserve space is no bit mask. An attribute of the wrong kind
 // (e.g. ratio as INTS or TENSOR) is refused naming the kind found and the kind expected; string
 // values with a NUL byte are refused, and are echoed escaped (UTF-8 kept, other bytes as \xNN). DropoutGrad
 // refuses seed and rng (they belong to the forward op).
-DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed);
+DropoutConfig ReadDropoutConfig(const OrtKernelInfo* info, const char* op_name, bool with_seed,
+                                bool with_engine = true);
 
 // A fresh 64-bit seed for a seedless node: 64 bits from getrandom(2), else /dev/urandom.
 uint64_t FreshSeed();
@@ -61,6 +63,10 @@ void RequireTrainingMask(const DropoutConfig& config, bool has_mask);
 // DropoutGrad's default-engine check: the mask must hold as many elements as dY (Caffe2 compared
 // element counts, not shapes). Throws INVALID_ARGUMENT naming the node and both counts.
 void CheckMaskCount(const DropoutConfig& config, size_t mask_count, size_t grad_count);
+
+// BitmaskDropoutGrad's check: the packed mask must hold ceil(numel(dY) / 32) words. Throws
+// INVALID_ARGUMENT naming the node, both counts and the words needed.
+void CheckMaskWordCount(const DropoutConfig& config, size_t mask_words, size_t grad_count);
 
 // Number of the node's inputs/outputs that are present (an empty name marks an absent optional one).
 bool HasInput(const OrtKernelInfo* info, size_t index);

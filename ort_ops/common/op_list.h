@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "common/element_types.h"
+#include "common/mask_kind.h"
 #include "common/ort_api.h"
 
 namespace caffe2_ort {
@@ -20,6 +21,12 @@ constexpr ONNXTensorElementDataType OnnxType() {
   if constexpr (E == Elem::kDouble) return ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
   if constexpr (E == Elem::kHalf) return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+}
+
+// The mask tensor's element type: bool per element, or packed uint32 words.
+template <MaskKind K>
+constexpr ONNXTensorElementDataType MaskOnnxType() {
+  return K == MaskKind::kBool ? ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL : ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32;
 }
 
 }  // namespace caffe2_ort

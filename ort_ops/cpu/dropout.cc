@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/elementwise.h"
@@ -17,11 +18,45 @@ constexpr size_t kStreamingBytes = size_t{32} << 20;
 // slices measured 25-35% slower on one thread at N = 2^24).
 constexpr size_t kSliceElements = 256;
 
+// The elementwise step of one slice of elements [s, s + len) (s a multiple of 64) given its keep
+// bits: Y, and the mask in the kernel's representation. A bool mask is written by ApplyKeepBits
+// itself; a packed mask is the keep bits themselves, stored once Y is done.
+template <Elem E>
+void ApplySlice(CpuIsa isa, const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y, bool* mask,
+                size_t s, size_t len, const uint64_t* bits, float scale, bool streaming) {
+  ApplyKeepBits<E>(isa, x + s, y + s, mask ? mask + s : nullptr, len, bits, scale, streaming);
+}
+template <Elem E>
+void ApplySlice(CpuIsa isa, const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
+                uint32_t* words, size_t s, size_t len, const uint64_t* bits, float scale, bool streaming) {
+  ApplyKeepBits<E>(isa, x + s, y + s, nullptr, len, bits, scale, streaming);
+  if (words != nullptr) StoreMaskWords(bits, len, words + s / kMaskWordBits);
+}
+
+// Test mode: elements [begin, end) of the mask kept (begin a multiple of 32).
+void FillKept(bool* mask, size_t begin, size_t end) { std::memset(mask + begin, 1, end - begin); }
+void FillKept(uint32_t* words, size_t begin, size_t end) {
+  FillKeptMaskWords(end - begin, words + begin / kMaskWordBits);
+}
+
+// The mask output: X's shape for bools, ceil(n / 32) words for a packed mask.
+template <typename MaskWord>
+MaskWord* MaskOutput(Ort::KernelContext& ctx, const std::vector<int64_t>& shape, size_t n) {
+  if constexpr (std::is_same_v<MaskWord, bool>) {
+    return ctx.GetOutput(1, shape).GetTensorMutableData<bool>();
+  } else {
+    const int64_t words[1] = {static_cast<int64_t>(MaskWordsFor(n))};
+    return ctx.GetOutput(1, words, 1).GetTensorMutableData<MaskWord>();
+  }
+}
+
 }  // namespace
 
-template <Elem E>
-CpuDropout<E>::CpuDropout(const OrtKernelInfo* info)
-    : config_(ReadDropoutConfig(info, "Dropout", /*with_seed=*/true)), has_mask_(HasOutput(info, 1)),
+template <Elem E, MaskKind K>
+CpuDropout<E, K>::CpuDropout(const OrtKernelInfo* info)
+    : config_(ReadDropoutConfig(info, MaskTraits<K>::kForwardOp, /*with_seed=*/true,
+                                /*with_engine=*/K == MaskKind::kBool)),
+      has_mask_(HasOutput(info, 1)),
       isa_(SelectCpuIsa()) {
   // engine CUDNN on the CPU EP runs this kernel, so rng applies as for the default engine.
   if (config_.rng == Rng::kCaffe2Mt19937) {
@@ -30,15 +65,15 @@ CpuDropout<E>::CpuDropout(const OrtKernelInfo* info)
   }
 }
 
-template <Elem E>
-void CpuDropout<E>::Compute(OrtKernelContext* context) {
+template <Elem E, MaskKind K>
+void CpuDropout<E, K>::Compute(OrtKernelContext* context) {
   using Storage = typename ElemTraits<E>::Storage;
   Ort::KernelContext ctx(context);
   auto input = ctx.GetInput(0);
   const std::vector<int64_t> shape = input.GetTensorTypeAndShapeInfo().GetShape();
   const size_t n = input.GetTensorTypeAndShapeInfo().GetElementCount();
   auto output = ctx.GetOutput(0, shape);
-  bool* mask = has_mask_ ? ctx.GetOutput(1, shape).GetTensorMutableData<bool>() : nullptr;
+  MaskWord* mask = has_mask_ ? MaskOutput<MaskWord>(ctx, shape, n) : nullptr;
   if (n == 0) return;
   const Storage* x = static_cast<const Storage*>(input.GetTensorRawData());
   Storage* y = static_cast<Storage*>(output.GetTensorMutableRawData());
@@ -47,7 +82,7 @@ void CpuDropout<E>::Compute(OrtKernelContext* context) {
     // Exact copy, NaN payloads included; a requested mask is all true.
     ParallelOverElements(context, n, [&](size_t begin, size_t end) {
       if (x != y) std::memcpy(y + begin, x + begin, (end - begin) * sizeof(Storage));
-      if (mask != nullptr) std::memset(mask + begin, 1, end - begin);
+      if (mask != nullptr) FillKept(mask, begin, end);
     });
     return;
   }
@@ -69,15 +104,15 @@ void CpuDropout<E>::Compute(OrtKernelContext* context) {
     for (size_t s = begin; s < end; s += kSliceElements) {
       const size_t len = std::min(kSliceElements, end - s);
       if (draws) KeepBits(isa, key, base + s / 4, (len + kBitsPerWord - 1) / kBitsPerWord, threshold, bits);
-      ApplyKeepBits<E>(isa, x + s, y + s, mask ? mask + s : nullptr, len, bits, scale, streaming);
+      ApplySlice<E>(isa, x, y, mask, s, len, bits, scale, streaming);
     }
     if (streaming) StoreFence();
   });
 }
 
-template <Elem E>
-void CpuDropout<E>::ComputeMt19937(OrtKernelContext* context, size_t n, const typename ElemTraits<E>::Storage* x,
-                                   typename ElemTraits<E>::Storage* y, bool* mask) {
+template <Elem E, MaskKind K>
+void CpuDropout<E, K>::ComputeMt19937(OrtKernelContext* context, size_t n, const typename ElemTraits<E>::Storage* x,
+                                      typename ElemTraits<E>::Storage* y, MaskWord* mask) {
   // The run holds the node's stream until it returns, so concurrent runs take consecutive segments.
   // Caffe2 draws two words per element on every training run, ratio 0 and 1 included.
   Mt19937Segment segment(*mt_, n, kCpuTaskElements, mt_keep_below_);
@@ -100,8 +135,7 @@ void CpuDropout<E>::ComputeMt19937(OrtKernelContext* context, size_t n, const ty
     }
     for (size_t s = begin; s < end; s += kSliceElements) {
       const size_t len = std::min(kSliceElements, end - s);
-      ApplyKeepBits<E>(isa, x + s, y + s, mask ? mask + s : nullptr, len, bits + (s - begin) / kBitsPerWord, scale,
-                       streaming);
+      ApplySlice<E>(isa, x, y, mask, s, len, bits + (s - begin) / kBitsPerWord, scale, streaming);
     }
     if (streaming) StoreFence();
   });
@@ -121,9 +155,13 @@ OrtStatusPtr InferDropoutShape(OrtShapeInferContext* ctx) {
   });
 }
 
-template class CpuDropout<Elem::kFloat>;
-template class CpuDropout<Elem::kDouble>;
-template class CpuDropout<Elem::kHalf>;
-template class CpuDropout<Elem::kBFloat16>;
+#define C2ORT_INSTANTIATE(E)                    \
+  template class CpuDropout<E, MaskKind::kBool>; \
+  template class CpuDropout<E, MaskKind::kBits>;
+C2ORT_INSTANTIATE(Elem::kFloat)
+C2ORT_INSTANTIATE(Elem::kDouble)
+C2ORT_INSTANTIATE(Elem::kHalf)
+C2ORT_INSTANTIATE(Elem::kBFloat16)
+#undef C2ORT_INSTANTIATE
 
 }  // namespace caffe2_ort

@@ -9,24 +9,31 @@
 
 namespace caffe2_ort {
 
-template <Elem E>
-CpuDropoutGrad<E>::CpuDropoutGrad(const OrtKernelInfo* info)
-    : config_(ReadDropoutConfig(info, "DropoutGrad", /*with_seed=*/false)), has_mask_(HasInput(info, 1)),
+template <Elem E, MaskKind K>
+CpuDropoutGrad<E, K>::CpuDropoutGrad(const OrtKernelInfo* info)
+    : config_(ReadDropoutConfig(info, MaskTraits<K>::kGradOp, /*with_seed=*/false,
+                                /*with_engine=*/K == MaskKind::kBool)),
+      has_mask_(HasInput(info, 1)),
       isa_(SelectCpuIsa()) {
   RequireTrainingMask(config_, has_mask_);
 }
 
-template <Elem E>
-void CpuDropoutGrad<E>::Compute(OrtKernelContext* context) {
+template <Elem E, MaskKind K>
+void CpuDropoutGrad<E, K>::Compute(OrtKernelContext* context) {
   using Storage = typename ElemTraits<E>::Storage;
-  const auto t = GetGradTensors<Storage>(context, config_.is_test, [&](size_t mask_count, uint64_t n) {
-    CheckMaskCount(config_, mask_count, n);
+  using MaskWord = typename MaskTraits<K>::Word;
+  const auto t = GetGradTensors<Storage, MaskWord>(context, config_.is_test, [&](size_t mask_count, uint64_t n) {
+    if constexpr (K == MaskKind::kBool) {
+      CheckMaskCount(config_, mask_count, n);
+    } else {
+      CheckMaskWordCount(config_, mask_count, n);
+    }
   });
   const size_t n = t.n;
   if (n == 0) return;
   const Storage* dy = t.dy;
   Storage* dx = t.dx;
-  const bool* mask = t.mask;
+  const MaskWord* mask = t.mask;
 
   if (config_.is_test) {
     ParallelOverElements(context, n, [&](size_t begin, size_t end) {
@@ -37,13 +44,19 @@ void CpuDropoutGrad<E>::Compute(OrtKernelContext* context) {
   const float scale = config_.scale;
   const CpuIsa isa = isa_;
   ParallelOverElements(context, n, [&](size_t begin, size_t end) {
-    ApplyMaskGrad<E>(isa, dy + begin, mask + begin, dx + begin, end - begin, scale);
+    // Tasks start on a multiple of 32 elements, i.e. on a packed mask word.
+    const MaskWord* m = K == MaskKind::kBool ? mask + begin : mask + begin / kMaskWordBits;
+    ApplyMaskGrad<E>(isa, dy + begin, m, dx + begin, end - begin, scale);
   });
 }
 
-template class CpuDropoutGrad<Elem::kFloat>;
-template class CpuDropoutGrad<Elem::kDouble>;
-template class CpuDropoutGrad<Elem::kHalf>;
-template class CpuDropoutGrad<Elem::kBFloat16>;
+#define C2ORT_INSTANTIATE(E)                        \
+  template class CpuDropoutGrad<E, MaskKind::kBool>; \
+  template class CpuDropoutGrad<E, MaskKind::kBits>;
+C2ORT_INSTANTIATE(Elem::kFloat)
+C2ORT_INSTANTIATE(Elem::kDouble)
+C2ORT_INSTANTIATE(Elem::kHalf)
+C2ORT_INSTANTIATE(Elem::kBFloat16)
+#undef C2ORT_INSTANTIATE
 
 }  // namespace caffe2_ort

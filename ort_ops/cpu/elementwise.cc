@@ -42,15 +42,26 @@ void ApplyKeepBitsPortable(const typename ElemTraits<E>::Storage* x, typename El
   }
 }
 
-template <Elem E>
-void ApplyMaskGradPortable(const typename ElemTraits<E>::Storage* dy, const bool* mask,
-                           typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
+// The mask of DropoutGrad (one byte per element, any nonzero byte kept) or BitmaskDropoutGrad (packed
+// words), read by index: the grad loops below are written once for both.
+struct ByteMask {
+  const uint8_t* bytes;
+  bool Kept(size_t i) const { return bytes[i] != 0; }
+};
+struct WordMask {
+  const uint32_t* words;
+  bool Kept(size_t i) const { return ((words[i / 32] >> (i % 32)) & 1u) != 0; }
+};
+
+// Elements [begin, n).
+template <Elem E, typename Mask>
+void ApplyMaskGradPortable(const typename ElemTraits<E>::Storage* dy, Mask mask, typename ElemTraits<E>::Storage* dx,
+                           size_t begin, size_t n, float scale) {
   using Tr = ElemTraits<E>;
   using C = typename Tr::Compute;
   const C s = static_cast<C>(scale);
-  const uint8_t* m = reinterpret_cast<const uint8_t*>(mask);  // any nonzero byte counts as true
-  for (size_t i = 0; i < n; ++i) {
-    dx[i] = Tr::Store((Tr::Load(dy[i]) * static_cast<C>(m[i] != 0)) * s);
+  for (size_t i = begin; i < n; ++i) {
+    dx[i] = Tr::Store((Tr::Load(dy[i]) * static_cast<C>(mask.Kept(i))) * s);
   }
 }
 
@@ -150,14 +161,22 @@ C2ORT_TARGET_AVX512 void ApplyKeepBitsAvx512(const typename ElemTraits<E>::Stora
   if (i < n) ApplyKeepBitsPortable<E>(x + i, y + i, mask ? mask + i : nullptr, n - i, bits + i / 64, scale);
 }
 
-template <Elem E>
-C2ORT_TARGET_AVX512 void ApplyMaskGradAvx512(const typename ElemTraits<E>::Storage* dy, const bool* mask,
+// Keep bits of the 16 elements from i (a multiple of 16).
+C2ORT_INLINE_AVX512 __mmask16 Keep16(ByteMask m, size_t i) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(m.bytes + i));
+  return _mm_test_epi8_mask(bytes, bytes);
+}
+C2ORT_INLINE_AVX512 __mmask16 Keep16(WordMask m, size_t i) {
+  return static_cast<__mmask16>(m.words[i / 32] >> (i % 32));
+}
+
+template <Elem E, typename Mask>
+C2ORT_TARGET_AVX512 void ApplyMaskGradAvx512(const typename ElemTraits<E>::Storage* dy, Mask mask,
                                          typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
   const __m512 s = _mm512_set1_ps(scale);
   size_t i = 0;
   for (; i + 16 <= n; i += 16) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(mask + i));
-    const __mmask16 keep = _mm_test_epi8_mask(bytes, bytes);
+    const __mmask16 keep = Keep16(mask, i);
     if constexpr (E == Elem::kFloat) {
       _mm512_storeu_ps(dx + i, Grad16(_mm512_loadu_ps(dy + i), s, keep));
     } else if constexpr (E == Elem::kDouble) {
@@ -175,7 +194,7 @@ C2ORT_TARGET_AVX512 void ApplyMaskGradAvx512(const typename ElemTraits<E>::Stora
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(dx + i), ToBf16(Grad16(LoadBf16(dy + i), s, keep)));
     }
   }
-  if (i < n) ApplyMaskGradPortable<E>(dy + i, mask + i, dx + i, n - i, scale);
+  if (i < n) ApplyMaskGradPortable<E>(dy, mask, dx, i, n, scale);
 }
 
 // ---------------------------------------------------------------- AVX2 (+ F16C for float16)
@@ -286,15 +305,20 @@ C2ORT_TARGET_AVX2 void ApplyKeepBitsAvx2(const typename ElemTraits<E>::Storage* 
   if (i < n) ApplyKeepBitsPortable<E>(x + i, y + i, mask ? mask + i : nullptr, n - i, bits + i / 64, scale);
 }
 
-template <Elem E>
-C2ORT_TARGET_AVX2 void ApplyMaskGradAvx2(const typename ElemTraits<E>::Storage* dy, const bool* mask,
+// Keep bits of the 8 elements from i (a multiple of 8).
+C2ORT_INLINE_AVX2 uint32_t Keep8(ByteMask m, size_t i) {
+  const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(m.bytes + i));
+  return static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, _mm_setzero_si128()))) ^ 0xFFu;
+}
+C2ORT_INLINE_AVX2 uint32_t Keep8(WordMask m, size_t i) { return (m.words[i / 32] >> (i % 32)) & 0xFFu; }
+
+template <Elem E, typename Mask>
+C2ORT_TARGET_AVX2 void ApplyMaskGradAvx2(const typename ElemTraits<E>::Storage* dy, Mask mask,
                                        typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
   size_t i = 0;
-  const __m128i zero = _mm_setzero_si128();
   for (; i + 8 <= n; i += 8) {
-    // 8 mask bytes -> 8 factors of 1 (byte nonzero) or 0.
-    const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(mask + i));
-    const uint32_t keep = static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(bytes, zero))) ^ 0xFFu;
+    // 8 mask elements -> 8 factors of 1 (kept) or 0.
+    const uint32_t keep = Keep8(mask, i);
     if constexpr (E == Elem::kDouble) {
       const __m256d sd = _mm256_set1_pd(static_cast<double>(scale));
       for (int q = 0; q < 2; ++q) {
@@ -306,7 +330,7 @@ C2ORT_TARGET_AVX2 void ApplyMaskGradAvx2(const typename ElemTraits<E>::Storage* 
       Store8<E>(dx + i, v, false);
     }
   }
-  if (i < n) ApplyMaskGradPortable<E>(dy + i, mask + i, dx + i, n - i, scale);
+  if (i < n) ApplyMaskGradPortable<E>(dy, mask, dx, i, n, scale);
 }
 #endif  // C2ORT_X86
 
@@ -339,21 +363,57 @@ void ApplyKeepBits(CpuIsa isa, const typename ElemTraits<E>::Storage* x, typenam
   ApplyKeepBitsPortable<E>(x, y, mask, n, bits, scale);
 }
 
-template <Elem E>
-void ApplyMaskGrad(CpuIsa isa, const typename ElemTraits<E>::Storage* dy, const bool* mask,
-                   typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
+namespace {
+template <Elem E, typename Mask>
+void ApplyMaskGradAny(CpuIsa isa, const typename ElemTraits<E>::Storage* dy, Mask mask,
+                      typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
 #if C2ORT_X86
   if (isa >= CpuIsa::kAvx512) return ApplyMaskGradAvx512<E>(dy, mask, dx, n, scale);
   if (isa == CpuIsa::kAvx2) return ApplyMaskGradAvx2<E>(dy, mask, dx, n, scale);
 #endif
   (void)isa;
-  ApplyMaskGradPortable<E>(dy, mask, dx, n, scale);
+  ApplyMaskGradPortable<E>(dy, mask, dx, 0, n, scale);
+}
+}  // namespace
+
+template <Elem E>
+void ApplyMaskGrad(CpuIsa isa, const typename ElemTraits<E>::Storage* dy, const bool* mask,
+                   typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
+  ApplyMaskGradAny<E>(isa, dy, ByteMask{reinterpret_cast<const uint8_t*>(mask)}, dx, n, scale);
+}
+
+template <Elem E>
+void ApplyMaskGrad(CpuIsa isa, const typename ElemTraits<E>::Storage* dy, const uint32_t* words,
+                   typename ElemTraits<E>::Storage* dx, size_t n, float scale) {
+  ApplyMaskGradAny<E>(isa, dy, WordMask{words}, dx, n, scale);
+}
+
+void StoreMaskWords(const uint64_t* bits, size_t n, uint32_t* words) {
+  // Word 2 k + h is half h of keep-bit word k (little endian or not).
+  const size_t full = n / 64;
+  for (size_t k = 0; k < full; ++k) {
+    words[2 * k] = static_cast<uint32_t>(bits[k]);
+    words[2 * k + 1] = static_cast<uint32_t>(bits[k] >> 32);
+  }
+  const size_t rest = n % 64;
+  if (rest == 0) return;
+  const uint64_t last = bits[full] & ((uint64_t{1} << rest) - 1);
+  words[2 * full] = static_cast<uint32_t>(last);
+  if (rest > 32) words[2 * full + 1] = static_cast<uint32_t>(last >> 32);
+}
+
+void FillKeptMaskWords(size_t n, uint32_t* words) {
+  const size_t full = n / 32;
+  for (size_t w = 0; w < full; ++w) words[w] = ~uint32_t{0};
+  if (n % 32 != 0) words[full] = (uint32_t{1} << (n % 32)) - 1;
 }
 
 #define C2ORT_INSTANTIATE(E)                                                                                  \
   template void ApplyKeepBits<E>(CpuIsa, const ElemTraits<E>::Storage*, ElemTraits<E>::Storage*, bool*, size_t, \
                                  const uint64_t*, float, bool);                                               \
   template void ApplyMaskGrad<E>(CpuIsa, const ElemTraits<E>::Storage*, const bool*, ElemTraits<E>::Storage*,   \
+                                 size_t, float);                                                              \
+  template void ApplyMaskGrad<E>(CpuIsa, const ElemTraits<E>::Storage*, const uint32_t*, ElemTraits<E>::Storage*, \
                                  size_t, float);
 C2ORT_INSTANTIATE(Elem::kFloat)
 C2ORT_INSTANTIATE(Elem::kDouble)

@@ -12,9 +12,11 @@
 namespace caffe2_ort {
 namespace cuda {
 
-template <Elem E>
-CudaDropout<E>::CudaDropout(const OrtKernelInfo* info)
-    : config_(ReadDropoutConfig(info, "Dropout", /*with_seed=*/true)), has_mask_(HasOutput(info, 1)) {
+template <Elem E, MaskKind K>
+CudaDropout<E, K>::CudaDropout(const OrtKernelInfo* info)
+    : config_(ReadDropoutConfig(info, MaskTraits<K>::kForwardOp, /*with_seed=*/true,
+                                /*with_engine=*/K == MaskKind::kBool)),
+      has_mask_(HasOutput(info, 1)) {
   if (config_.rng == Rng::kCaffe2Mt19937) {
     if (config_.engine == Engine::kCudnn) {
       // As in Caffe2 on a GPU, cuDNN draws its own masks; the model must still run.
@@ -42,8 +44,8 @@ CudaDropout<E>::CudaDropout(const OrtKernelInfo* info)
   }
 }
 
-template <Elem E>
-void CudaDropout<E>::Compute(OrtKernelContext* context) {
+template <Elem E, MaskKind K>
+void CudaDropout<E, K>::Compute(OrtKernelContext* context) {
   using Storage = typename ElemTraits<E>::Storage;
   Ort::KernelContext ctx(context);
   auto input = ctx.GetInput(0);
@@ -58,8 +60,13 @@ void CudaDropout<E>::Compute(OrtKernelContext* context) {
   }
 
   auto output = ctx.GetOutput(0, shape);
-  bool* mask = nullptr;
-  if (has_mask_) {
+  MaskWord* mask = nullptr;
+  if constexpr (K == MaskKind::kBits) {
+    if (has_mask_) {
+      const int64_t words[1] = {static_cast<int64_t>(MaskWordsFor(n))};
+      mask = ctx.GetOutput(1, words, 1).GetTensorMutableData<MaskWord>();
+    }
+  } else if (has_mask_) {
     // Under engine CUDNN with ratio = 1 the mask is still a reserve-space-sized byte tensor.
     if (config_.engine == Engine::kCudnn && !config_.is_test) {
       const size_t bytes = n == 0 ? 0 : CudnnDropout::ReserveBytes(config_.Where(), E, n);
@@ -79,7 +86,12 @@ void CudaDropout<E>::Compute(OrtKernelContext* context) {
     // Exact copy (NaN payloads included), skipped when Y reuses X's buffer; a requested mask is all true.
     if (x != y) CheckCuda(cudaMemcpyAsync(y, x, n * sizeof(Storage), cudaMemcpyDeviceToDevice, stream), config_,
                           "cudaMemcpyAsync (Y = X)");
-    if (mask != nullptr) CheckCuda(cudaMemsetAsync(mask, 1, n, stream), config_, "cudaMemsetAsync (mask)");
+    if (mask == nullptr) return;
+    if constexpr (K == MaskKind::kBool) {
+      CheckCuda(cudaMemsetAsync(mask, 1, n, stream), config_, "cudaMemsetAsync (mask)");
+    } else {
+      CheckCuda(LaunchFillKeptMaskWords(mask, n, stream), config_, "cudaMemsetAsync (packed mask)");
+    }
     return;
   }
 
@@ -98,13 +110,13 @@ void CudaDropout<E>::Compute(OrtKernelContext* context) {
   params.key = config_.Key();
   params.threshold = config_.threshold;
   params.scale = config_.scale;
-  CheckCuda(LaunchDropoutForward<E>(x, y, mask, params, stream), config_, "Dropout kernel launch");
+  CheckCuda(LaunchDropoutForward<E, K>(x, y, mask, params, stream), config_, "Dropout kernel launch");
 }
 
-template <Elem E>
-void CudaDropout<E>::ComputeMt19937(OrtKernelContext* context, cudaStream_t stream,
-                                    const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
-                                    bool* mask, uint64_t n) {
+template <Elem E, MaskKind K>
+void CudaDropout<E, K>::ComputeMt19937(OrtKernelContext* context, cudaStream_t stream,
+                                       const typename ElemTraits<E>::Storage* x, typename ElemTraits<E>::Storage* y,
+                                       MaskWord* mask, uint64_t n) {
   mt_->RefuseCapture(stream);
   // Ratio 0 and 1 still consume their words (as in Caffe2); their constant masks need no copy: the
   // Philox kernel with threshold 0 (keep all) or 2^32 (drop all) and no counter draws nothing.
@@ -114,15 +126,28 @@ void CudaDropout<E>::ComputeMt19937(OrtKernelContext* context, cudaStream_t stre
   constant.scale = config_.scale;
   mt_->Run(
       context, stream, x, n,
-      [&] { CheckCuda(LaunchDropoutForward<E>(x, y, mask, constant, stream), config_, "Dropout kernel launch"); },
+      [&] {
+        CheckCuda(LaunchDropoutForward<E, K>(x, y, mask, constant, stream), config_, "Dropout kernel launch");
+      },
       [&](const uint64_t* bits) {
-        CheckCuda(LaunchApplyKeepBits<E>(x, y, mask, bits, n, config_.scale, stream), config_,
-                  "Dropout kernel launch (keep bits)");
+        if constexpr (K == MaskKind::kBool) {
+          CheckCuda(LaunchApplyKeepBits<E>(x, y, mask, bits, n, config_.scale, stream), config_,
+                    "Dropout kernel launch (keep bits)");
+        } else {
+          // The staged keep-bit words (their bits past n are 0) are the packed mask, little endian.
+          if (mask != nullptr) {
+            CheckCuda(cudaMemcpyAsync(mask, bits, MaskWordsFor(n) * sizeof(uint32_t), cudaMemcpyDeviceToDevice,
+                                      stream),
+                      config_, "cudaMemcpyAsync (packed mask)");
+          }
+          CheckCuda(LaunchApplyKeepBits<E>(x, y, nullptr, bits, n, config_.scale, stream), config_,
+                    "Dropout kernel launch (keep bits)");
+        }
       });
 }
 
-template <Elem E>
-void CudaDropout<E>::ComputeCudnn(OrtKernelContext* context, cudaStream_t stream, const Ort::ConstValue& input,
+template <Elem E, MaskKind K>
+void CudaDropout<E, K>::ComputeCudnn(OrtKernelContext* context, cudaStream_t stream, const Ort::ConstValue& input,
                                   const std::vector<int64_t>& shape, uint64_t n) {
   Ort::KernelContext ctx(context);
   auto output = ctx.GetOutput(0, shape);
@@ -137,10 +162,14 @@ void CudaDropout<E>::ComputeCudnn(OrtKernelContext* context, cudaStream_t stream
   cudnn_->Forward(context, stream, input.GetTensorRawData(), output.GetTensorMutableRawData(), reserve, bytes, n);
 }
 
-template class CudaDropout<Elem::kFloat>;
-template class CudaDropout<Elem::kDouble>;
-template class CudaDropout<Elem::kHalf>;
-template class CudaDropout<Elem::kBFloat16>;
+#define C2ORT_INSTANTIATE(E)                     \
+  template class CudaDropout<E, MaskKind::kBool>; \
+  template class CudaDropout<E, MaskKind::kBits>;
+C2ORT_INSTANTIATE(Elem::kFloat)
+C2ORT_INSTANTIATE(Elem::kDouble)
+C2ORT_INSTANTIATE(Elem::kHalf)
+C2ORT_INSTANTIATE(Elem::kBFloat16)
+#undef C2ORT_INSTANTIATE
 
 }  // namespace cuda
 }  // namespace caffe2_ort

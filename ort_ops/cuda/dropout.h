@@ -11,6 +11,7 @@
 
 #include "common/dropout_config.h"
 #include "common/element_types.h"
+#include "common/mask_kind.h"
 #include "common/ort_api.h"
 #include "cuda/dnn_kernel.h"
 #include "cuda/device_counter.h"
@@ -19,7 +20,7 @@
 namespace caffe2_ort {
 namespace cuda {
 
-template <Elem E>
+template <Elem E, MaskKind K>
 class CudaDropout {
  public:
   // Y may reuse X's buffer: every thread reads its elements before writing them.
@@ -29,11 +30,12 @@ class CudaDropout {
   void Compute(OrtKernelContext* context);
 
  private:
+  using MaskWord = typename MaskTraits<K>::Word;
   // X's shape and element count as Compute read them.
   void ComputeCudnn(OrtKernelContext* context, cudaStream_t stream, const Ort::ConstValue& input,
                     const std::vector<int64_t>& shape, uint64_t n);
   void ComputeMt19937(OrtKernelContext* context, cudaStream_t stream, const typename ElemTraits<E>::Storage* x,
-                      typename ElemTraits<E>::Storage* y, bool* mask, uint64_t n);
+                      typename ElemTraits<E>::Storage* y, MaskWord* mask, uint64_t n);
 
   DropoutConfig config_;
   bool has_mask_;

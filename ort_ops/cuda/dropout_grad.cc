@@ -10,9 +10,11 @@
 namespace caffe2_ort {
 namespace cuda {
 
-template <Elem E>
-CudaDropoutGrad<E>::CudaDropoutGrad(const OrtKernelInfo* info)
-    : config_(ReadDropoutConfig(info, "DropoutGrad", /*with_seed=*/false)), has_mask_(HasInput(info, 1)) {
+template <Elem E, MaskKind K>
+CudaDropoutGrad<E, K>::CudaDropoutGrad(const OrtKernelInfo* info)
+    : config_(ReadDropoutConfig(info, MaskTraits<K>::kGradOp, /*with_seed=*/false,
+                                /*with_engine=*/K == MaskKind::kBool)),
+      has_mask_(HasInput(info, 1)) {
   RequireTrainingMask(config_, has_mask_);
   if (config_.engine == Engine::kCudnn) {
     RequireCudnnSupport(config_.Where(), E);
@@ -24,10 +26,15 @@ CudaDropoutGrad<E>::CudaDropoutGrad(const OrtKernelInfo* info)
   }
 }
 
-template <Elem E>
-void CudaDropoutGrad<E>::Compute(OrtKernelContext* context) {
+template <Elem E, MaskKind K>
+void CudaDropoutGrad<E, K>::Compute(OrtKernelContext* context) {
   using Storage = typename ElemTraits<E>::Storage;
-  const auto t = GetGradTensors<Storage>(context, config_.is_test, [&](size_t mask_count, uint64_t n) {
+  using MaskWord = typename MaskTraits<K>::Word;
+  const auto t = GetGradTensors<Storage, MaskWord>(context, config_.is_test, [&](size_t mask_count, uint64_t n) {
+    if constexpr (K == MaskKind::kBits) {
+      CheckMaskWordCount(config_, mask_count, n);
+      return;
+    }
     if (config_.engine != Engine::kCudnn) {
       CheckMaskCount(config_, mask_count, n);
       return;
@@ -51,24 +58,30 @@ void CudaDropoutGrad<E>::Compute(OrtKernelContext* context) {
                             "cudaMemcpyAsync (dX = dY)");
     return;
   }
-  if (cudnn_ != nullptr) {
-    cudnn_->Backward(context, stream, dy, t.mask, t.mask_count, dx, n);
-    return;
+  if constexpr (K == MaskKind::kBool) {
+    if (cudnn_ != nullptr) {
+      cudnn_->Backward(context, stream, dy, t.mask, t.mask_count, dx, n);
+      return;
+    }
+    if (config_.engine == Engine::kCudnn) {
+      // ratio = 1 under CUDNN: the forward dropped everything; dX = (dY * 0) * 0.
+      CheckCuda(LaunchDropoutBackward<E, K>(dy, nullptr, /*keep_all=*/false, dx, n, config_.scale, stream), config_,
+                "DropoutGrad kernel launch");
+      return;
+    }
   }
-  if (config_.engine == Engine::kCudnn) {
-    // ratio = 1 under CUDNN: the forward dropped everything; dX = (dY * 0) * 0.
-    CheckCuda(LaunchDropoutBackward<E>(dy, nullptr, /*keep_all=*/false, dx, n, config_.scale, stream), config_,
-              "DropoutGrad kernel launch");
-    return;
-  }
-  CheckCuda(LaunchDropoutBackward<E>(dy, t.mask, /*keep_all=*/true, dx, n, config_.scale, stream), config_,
+  CheckCuda(LaunchDropoutBackward<E, K>(dy, t.mask, /*keep_all=*/true, dx, n, config_.scale, stream), config_,
             "DropoutGrad kernel launch");
 }
 
-template class CudaDropoutGrad<Elem::kFloat>;
-template class CudaDropoutGrad<Elem::kDouble>;
-template class CudaDropoutGrad<Elem::kHalf>;
-template class CudaDropoutGrad<Elem::kBFloat16>;
+#define C2ORT_INSTANTIATE(E)                         \
+  template class CudaDropoutGrad<E, MaskKind::kBool>; \
+  template class CudaDropoutGrad<E, MaskKind::kBits>;
+C2ORT_INSTANTIATE(Elem::kFloat)
+C2ORT_INSTANTIATE(Elem::kDouble)
+C2ORT_INSTANTIATE(Elem::kHalf)
+C2ORT_INSTANTIATE(Elem::kBFloat16)
+#undef C2ORT_INSTANTIATE
 
 }  // namespace cuda
 }  // namespace caffe2_ort

@@ -1,4 +1,4 @@
-// ai.caffe2 DropoutGrad on the CUDA execution provider.
+// ai.caffe2 DropoutGrad (bool mask) and BitmaskDropoutGrad (packed mask) on the CUDA execution provider.
 #pragma once
 
 #include <array>
@@ -7,13 +7,14 @@
 
 #include "common/dropout_config.h"
 #include "common/element_types.h"
+#include "common/mask_kind.h"
 #include "common/ort_api.h"
 #include "cuda/dnn_kernel.h"
 
 namespace caffe2_ort {
 namespace cuda {
 
-template <Elem E>
+template <Elem E, MaskKind K>
 class CudaDropoutGrad {
  public:
   static constexpr std::array<std::pair<int, int>, 1> kMayInplace{{{0, 0}}};

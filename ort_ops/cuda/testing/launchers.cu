@@ -59,7 +59,7 @@ int Guarded(Fn&& fn) {
 template <Elem E>
 cudaError_t Forward(const void* x, void* y, void* mask, const ForwardParams& p, cudaStream_t s) {
   using S = typename ElemTraits<E>::Storage;
-  return LaunchDropoutForward<E>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<bool*>(mask), p, s);
+  return LaunchDropoutForward<E, MaskKind::kBool>(static_cast<const S*>(x), static_cast<S*>(y), static_cast<bool*>(mask), p, s);
 }
 
 // Both forward entry points: the node's attributes (seed, ratio) into p, then the launch for dtype.
@@ -92,7 +92,7 @@ template <Elem E>
 cudaError_t Backward(const void* dy, const void* mask, bool keep_all, void* dx, uint64_t n, float scale,
                      cudaStream_t s) {
   using S = typename ElemTraits<E>::Storage;
-  return LaunchDropoutBackward<E>(static_cast<const S*>(dy), static_cast<const bool*>(mask), keep_all,
+  return LaunchDropoutBackward<E, MaskKind::kBool>(static_cast<const S*>(dy), static_cast<const bool*>(mask), keep_all,
                                   static_cast<S*>(dx), n, scale, s);
 }
 
