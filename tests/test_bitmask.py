@@ -497,6 +497,10 @@ def test_converter_writes_the_bitmask_ops_and_the_same_outputs():
     bool_conv, bits_conv = convert(net, init, vi), convert(net, init, vi, mask_format="bits")
     assert {n.op_type for n in bits_conv.model.graph.node if n.domain == caffe2_ort.DOMAIN} == {
         "BitmaskDropout", "BitmaskDropoutGrad"}
+    assert not any(a.name == "engine" for n in bits_conv.model.graph.node for a in n.attribute)
+    assert ("engine CUDNN dropped from 1 Dropout/DropoutGrad node(s): bit-packed masks have no cuDNN form (cuDNN's "
+            "reserve space is not a bit mask)") in bits_conv.notes
+    assert not any("engine CUDNN" in note for note in bool_conv.notes)
     feeds = {"data": np.random.default_rng(0).standard_normal((4, 16)).astype(np.float32),
              "h_grad": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
     names = bool_conv.outputs
@@ -533,29 +537,36 @@ def _cli(capsys, *argv):
 
 
 def test_cli_convert_and_run_with_bit_masks(tmp_path, capsys):
+    tiny = MODELS / "tiny_dropout_net"
+    rc, out, err = _cli(capsys, "convert", tiny / "predict_net.pbtxt", "--init", tiny / "init_net.pb", "--value-info",
+                        tiny / "value_info.json", "--mask-format", "bits", "-o", tmp_path / "m.onnx")
+    assert rc == 0, err
+    assert "ai.caffe2::BitmaskDropout x1" in out and "ai.caffe2::Dropout " not in out
+    onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")), full_check=True)
     common = [TRAIN_NET / "predict_net.pbtxt", "--init", TRAIN_NET / "init_net.pb", "--value-info",
               TRAIN_NET / "value_info.json"]
-    rc, out, err = _cli(capsys, "convert", *common, "--mask-format", "bits", "-o", tmp_path / "m.onnx")
+    rc, out, err = _cli(capsys, "run", *common, "--mask-format", "bits", "--compare", "--rng", "caffe2")
     assert rc == 0, err
-    assert "ai.caffe2::BitmaskDropout x1" in out and "ai.caffe2::BitmaskDropoutGrad x2" in out
-    assert "ai.caffe2::Dropout " not in out
-    model = onnx.load(str(tmp_path / "m.onnx"))
-    onnx.checker.check_model(model, full_check=True)
-    rc, out, err = _cli(capsys, "run", *common, "--mask-format", "bits", "--compare")
-    assert rc == 0, err
-    assert "h_mask: shape [1] uint32" in out and "h_mask: identical" in out
+    assert "ai.caffe2::BitmaskDropout x2" in out and "ai.caffe2::BitmaskDropoutGrad x2" in out
+    assert "  h_mask: shape [1] uint32" in out and "  h_mask: identical" in out
+    assert "  h_cudnn_mask: identical" in out  # engine CUDNN dropped: the default kernel's Caffe2 stream
 
 
 def test_cli_refusals_are_one_line(tmp_path, capsys):
     net = make_net(ops=[("DropoutGrad", ["dy", "m"], ["dx"], {"ratio": 0.5})], inputs=["dy", "m"], outputs=["dx"])
     netdef.write_netdef(net, tmp_path / "p.pbtxt")
     (tmp_path / "vi.json").write_text('{"dy": [1, [2, 3]], "m": [9, [2, 3]]}')
-    rc, out, err = _cli(capsys, "convert", tmp_path / "p.pbtxt", "--value-info", tmp_path / "vi.json",
-                        "--mask-format", "bits", "-o", tmp_path / "m.onnx")
+    rc, out, err = _cli(capsys, "run", tmp_path / "p.pbtxt", "--value-info", tmp_path / "vi.json",
+                        "--mask-format", "bits")
     assert rc == 2 and err == ("error: DropoutGrad node 'DropoutGrad_0' reads mask 'm', which no ai.caffe2 Dropout of "
                                "the graph writes: its mask cannot be converted to mask_format 'bits'\n")
-    rc, out, err = _cli(capsys, "convert", TRAIN_NET / "predict_net.pbtxt", "--init", TRAIN_NET / "init_net.pb",
-                        "--value-info", TRAIN_NET / "value_info.json", "--dropout", "onnx", "--mask-format", "bits",
+    # convert: a net with a gradient op is a training net, whose DropoutGrad must match an earlier Dropout
+    rc, out, err = _cli(capsys, "convert", tmp_path / "p.pbtxt", "--value-info", tmp_path / "vi.json",
+                        "--mask-format", "bits", "-o", tmp_path / "m.onnx")
+    assert rc == 2 and err.count("\n") == 1 and "no earlier Dropout op reads or writes 'm'" in err
+    tiny = MODELS / "tiny_dropout_net"
+    rc, out, err = _cli(capsys, "convert", tiny / "predict_net.pbtxt", "--init", tiny / "init_net.pb",
+                        "--value-info", tiny / "value_info.json", "--dropout", "onnx", "--mask-format", "bits",
                         "-o", tmp_path / "m.onnx")
     assert rc == 2 and err == ("error: mask format 'bits' needs dropout='caffe2': standard ONNX Dropout has no "
                                "bit-packed mask\n")

@@ -171,7 +171,8 @@ def convert(
     CPU mask stream (needs dropout="caffe2").
     ``mask_format``: "bool" (default, Caffe2's masks) or "bits": Dropout/DropoutGrad pairs become
     BitmaskDropout/BitmaskDropoutGrad, whose masks are uint32 of ceil(numel / 32) words (needs
-    dropout="caffe2"; every training DropoutGrad must read the mask of a Dropout of the net).
+    dropout="caffe2"; every training DropoutGrad must read the mask of a Dropout of the net; engine CUDNN
+    is dropped, with a note).
     ``extra_outputs``: Caffe2 blob names to expose as graph outputs too (their last versions).
     ``budget``: a :class:`~caffe2_ort.caffe2.limits.Budget` or a byte count (None: the default limit):
     init_net fills count against it, and no input or intermediate blob may be larger.
@@ -297,7 +298,7 @@ def convert(
         opsets.append(helper.make_opsetid(CAFFE2_DOMAIN, CAFFE2_OPSET))
     model = helper.make_model(graph, opset_imports=opsets, producer_name="caffe2-ort", producer_version=_version())
     model.ir_version = ir_version
-    model = apply_mask_format(model, mask_format)
+    model = apply_mask_format(model, mask_format, notes)
     if check:
         check_model(model)
     return Conversion(model, final, op_outputs, dict(inputs), outputs, notes)
@@ -315,13 +316,24 @@ def check_mask_format(mask_format, dropout="caffe2"):
     return mask_format
 
 
-def apply_mask_format(model, mask_format):
+def apply_mask_format(model, mask_format, notes):
     """``model`` with its ai.caffe2 Dropout/DropoutGrad pairs in ``mask_format`` (graph.set_mask_format);
-    a net that cannot be converted is a Caffe2Error naming the node."""
+    a net that cannot be converted is a Caffe2Error naming the node. Bit masks have no cuDNN form: engine
+    CUDNN is dropped from the nodes (the default kernels run, as Caffe2's CPU op did), with a note."""
     if mask_format == "bool":
         return model
     from ..graph import MaskFormatError, set_mask_format
 
+    cudnn = 0
+    for n in model.graph.node:
+        if n.domain == CAFFE2_DOMAIN and any(a.name == "engine" and a.s == b"CUDNN" for a in n.attribute):
+            kept = [a for a in n.attribute if a.name != "engine"]
+            del n.attribute[:]
+            n.attribute.extend(kept)
+            cudnn += 1
+    if cudnn:
+        notes.append(f"engine CUDNN dropped from {cudnn} Dropout/DropoutGrad node(s): bit-packed masks have no cuDNN "
+                     "form (cuDNN's reserve space is not a bit mask)")
     try:
         return set_mask_format(model, mask_format)
     except MaskFormatError as e:

@@ -333,7 +333,7 @@ def convert_training_net(train_net, init_net, value_info, *, rng="caffe2", seed=
                       name or net.name or "caffe2_train_net")
     kept = {t.name for t in model.graph.initializer}
     TR._set_meta(model, TR.CAFFE2_INIT_KEY, json.dumps({"constants": [b for b in consts if b in kept], "mutexes": mutexes}))
-    model = C.apply_mask_format(model, mask_format)
+    model = C.apply_mask_format(model, mask_format, notes)
     if check:
         C.check_model(model)
     return model, notes
