@@ -465,8 +465,9 @@ def _shared_train_net(name):
             traj)
 
 
-def test_converted_caffe2_training_net_with_bit_masks_follows_the_bool_trajectory():
-    net, init, vi, fed, traj = _shared_train_net("mlp_dropout_sgd")
+@pytest.mark.parametrize("name", ["mlp_dropout_sgd", "lenet_dropout_momentum"])
+def test_converted_caffe2_training_net_with_bit_masks_follows_the_bool_trajectory(name):
+    net, init, vi, fed, traj = _shared_train_net(name)
     bool_model, _ = convert_training_net(net, init, vi, rng="caffe2")
     bits_model, _ = convert_training_net(net, init, vi, rng="caffe2", mask_format="bits")
     ops = {n.op_type for n in bits_model.graph.node}
