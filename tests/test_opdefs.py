@@ -42,22 +42,26 @@ def _attribute(name, kind, value):
     return helper.make_attribute(name, value, attr_type=types.get(kind))
 
 
+def _mask_type(op):
+    return TensorProto.UINT32 if D.mask_format_of(op) == "bits" else TensorProto.BOOL
+
+
 def _model(op, attributes=(), with_mask=True, training=None):
     """A one-node model of ``op`` named NODE with the given AttributeProtos."""
     t = TensorProto.FLOAT
-    if op == "Dropout":
+    if op in D.FORWARD_OPS:
         outs = ["Y", "mask"] if with_mask else ["Y"]
-        node = helper.make_node("Dropout", ["X"], outs, domain=caffe2_ort.DOMAIN, name=NODE)
+        node = helper.make_node(op, ["X"], outs, domain=caffe2_ort.DOMAIN, name=NODE)
         ins = [helper.make_tensor_value_info("X", t, None)]
         outputs = [helper.make_tensor_value_info("Y", t, None)]
         if with_mask:
-            outputs.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, None))
+            outputs.append(helper.make_tensor_value_info("mask", _mask_type(op), None))
     else:
         ins_names = ["dY", "mask"] if with_mask else ["dY"]
-        node = helper.make_node("DropoutGrad", ins_names, ["dX"], domain=caffe2_ort.DOMAIN, name=NODE)
+        node = helper.make_node(op, ins_names, ["dX"], domain=caffe2_ort.DOMAIN, name=NODE)
         ins = [helper.make_tensor_value_info("dY", t, None)]
         if with_mask:
-            ins.append(helper.make_tensor_value_info("mask", TensorProto.BOOL, None))
+            ins.append(helper.make_tensor_value_info("mask", _mask_type(op), None))
         outputs = [helper.make_tensor_value_info("dX", t, None)]
     node.attribute.extend(attributes)
     return make_model([node], ins, outputs)
@@ -65,11 +69,12 @@ def _model(op, attributes=(), with_mask=True, training=None):
 
 def _feeds(op, with_mask=True):
     x = np.random.default_rng(0).standard_normal(777).astype(np.float32)
-    if op == "Dropout":
+    if op in D.FORWARD_OPS:
         return {"X": x}
     feeds = {"dY": x}
     if with_mask:
-        feeds["mask"] = np.random.default_rng(1).random(777) < 0.5
+        keep = np.random.default_rng(1).random(777) < 0.5
+        feeds["mask"] = R.pack_mask(keep) if D.mask_format_of(op) == "bits" else keep
     return feeds
 
 
@@ -140,7 +145,16 @@ def test_onnx_schema_follows_the_table(op):
             v = helper.get_attribute_value(sa.default_value)
             assert (v.decode() if isinstance(v, bytes) else v) == a.default
     assert {c.type_param_str: sorted(c.allowed_type_strs) for c in s.type_constraints} == {
-        n: sorted(t) for n, t, _ in D.TYPE_CONSTRAINTS}
+        n: sorted(t) for n, t, _ in d.type_constraints()}
+
+
+def test_every_type_constraint_is_used_and_masks_are_bool_or_uint32():
+    used = {c[0] for d in D.OPS.values() for c in d.type_constraints()}
+    assert used == {n for n, _, _ in D.TYPE_CONSTRAINTS}
+    assert [p.type_str for p in D.DROPOUT.outputs] == ["T", "B"]
+    assert [p.type_str for p in D.BITMASK_DROPOUT.outputs] == ["T", "M"]
+    assert [p.type_str for p in D.BITMASK_DROPOUT_GRAD.inputs] == ["T", "M"]
+    assert dict((n, t) for n, t, _ in D.TYPE_CONSTRAINTS)["M"] == ("tensor(uint32)",)
 
 
 # ------------------------------------------------------------------------------- the native probe
@@ -154,7 +168,7 @@ def _cases():
 
 @pytest.mark.parametrize("op,attr", [pytest.param(op, a, id=f"{op}.{a.name}") for op, a in _cases()])
 def test_native_default_matches_the_table(op, attr):
-    seeded = [helper.make_attribute("seed", 5)] if op == "Dropout" and attr.name != "seed" else []
+    seeded = [helper.make_attribute("seed", 5)] if op in D.FORWARD_OPS and attr.name != "seed" else []
     absent = _run(_model(op, seeded), op)
     if attr.default is None:  # seed: absent means a fresh seed per kernel instance
         assert not _same(absent, _run(_model(op), op))
@@ -209,33 +223,52 @@ def test_wrong_kinds_are_refused_naming_both_kinds(op, attr, kind):
     assert D.kind_message(LABEL[op], attr, kind, native=True) in _native_error(_model(op, attrs))
 
 
-@pytest.mark.parametrize("name", D.DROPOUT_GRAD.refused)
-def test_dropout_grad_refuses_forward_attributes(name):
-    attrs = [helper.make_attribute(name, D.RNG_CAFFE2 if name == "rng" else 3)]
-    expected = _python_error("DropoutGrad", attrs)
-    assert expected == f"{LABEL['DropoutGrad']}: DropoutGrad has no attribute {name} {D.DROPOUT_GRAD.refused_why}"
-    assert expected in _native_error(_model("DropoutGrad", attrs))
+_REFUSALS = [(op, name) for op, d in D.OPS.items() for name in d.refused_names]
+_REFUSED_VALUES = {"rng": D.RNG_CAFFE2, "engine": "CUDNN", "seed": 3}
 
 
-def test_optional_inputs_and_outputs_present_and_absent():
-    # the table's optional slots are exactly the mask output of Dropout and the mask input of DropoutGrad
-    assert [p.name for p in D.DROPOUT.outputs if p.optional] == ["mask"]
-    assert [p.name for p in D.DROPOUT_GRAD.inputs if p.optional] == ["mask"]
-    assert not any(p.optional for p in D.DROPOUT.inputs + D.DROPOUT_GRAD.outputs)
+@pytest.mark.parametrize("op,name", [pytest.param(op, n, id=f"{op}.{n}") for op, n in _REFUSALS])
+def test_refused_attributes_are_refused_with_the_tables_message(op, name):
+    attrs = [helper.make_attribute(name, _REFUSED_VALUES[name])]
+    expected = _python_error(op, attrs)
+    assert expected == D.OPS[op].refusal_message(name, NODE)
+    assert expected in _native_error(_model(op, attrs))
+
+
+def test_refusal_messages_are_the_contracts_words():
+    forward_only = "(it belongs to the forward Dropout; the mask input carries its draw)"
+    no_bits = "(cuDNN's reserve space is not a bit mask; use Dropout with engine 'CUDNN')"
+    for op in ("DropoutGrad", "BitmaskDropoutGrad"):
+        for name in ("seed", "rng"):
+            assert D.OPS[op].refusal_message(name, NODE) == f"{LABEL[op]}: {op} has no attribute {name} {forward_only}"
+    for op in ("BitmaskDropout", "BitmaskDropoutGrad"):
+        assert D.OPS[op].refusal_message("engine", NODE) == f"{LABEL[op]}: {op} has no attribute engine {no_bits}"
+    assert D.DROPOUT.refused_names == () and D.BITMASK_DROPOUT.refused_names == ("engine",)
+    assert D.BITMASK_DROPOUT_GRAD.refused_names == ("seed", "rng", "engine")
+
+
+@pytest.mark.parametrize("fmt", list(D.MASK_FORMATS))
+def test_optional_inputs_and_outputs_present_and_absent(fmt):
+    fwd, grad = D.MASK_FORMATS[fmt]
+    # the table's optional slots are exactly the mask output of the forward and the mask input of the gradient
+    assert [p.name for p in D.OPS[fwd].outputs if p.optional] == ["mask"]
+    assert [p.name for p in D.OPS[grad].inputs if p.optional] == ["mask"]
+    assert not any(p.optional for p in D.OPS[fwd].inputs + D.OPS[grad].outputs)
     seed = helper.make_attribute("seed", 2)
-    with_mask = _run(_model("Dropout", [seed]), "Dropout")
-    without = _run(_model("Dropout", [seed], with_mask=False), "Dropout")
+    with_mask = _run(_model(fwd, [seed]), fwd)
+    without = _run(_model(fwd, [seed], with_mask=False), fwd)
     assert all(len(r) == 1 for r in without) and all(len(r) == 2 for r in with_mask)
     assert all(np.array_equal(a[0], b[0]) for a, b in zip(with_mask, without))
-    # DropoutGrad: training needs the mask (refused at session creation without it); test mode takes either
-    assert D.mask_required_message(LABEL["DropoutGrad"]) in _native_error(_model("DropoutGrad", with_mask=False))
+    # training needs the mask (refused at session creation without it); test mode takes either
+    assert D.mask_required_message(LABEL[grad]) in _native_error(_model(grad, with_mask=False))
     test = [helper.make_attribute("is_test", 1)]
-    (dx,) = _run(_model("DropoutGrad", test, with_mask=False), "DropoutGrad", runs=1, with_mask=False)[0]
-    (dx_masked,) = _run(_model("DropoutGrad", test), "DropoutGrad", runs=1)[0]
-    assert np.array_equal(dx, _feeds("DropoutGrad")["dY"]) and np.array_equal(dx_masked, dx)
-    (dx_train,) = _run(_model("DropoutGrad"), "DropoutGrad", runs=1)[0]
-    f = _feeds("DropoutGrad")
-    assert np.array_equal(dx_train, R.dropout_grad(f["dY"], f["mask"]))
+    (dx,) = _run(_model(grad, test, with_mask=False), grad, runs=1, with_mask=False)[0]
+    (dx_masked,) = _run(_model(grad, test), grad, runs=1)[0]
+    assert np.array_equal(dx, _feeds(grad)["dY"]) and np.array_equal(dx_masked, dx)
+    (dx_train,) = _run(_model(grad), grad, runs=1)[0]
+    f = _feeds(grad)
+    ref = R.bitmask_dropout_grad if fmt == "bits" else R.dropout_grad
+    assert np.array_equal(dx_train, ref(f["dY"], f["mask"]))
 
 
 def test_mask_count_message_is_the_tables():
@@ -243,6 +276,17 @@ def test_mask_count_message_is_the_tables():
     with pytest.raises(Exception) as e:
         sess.run(None, {"dY": np.ones(6, np.float32), "mask": np.ones(5, bool)})
     assert D.mask_count_message(LABEL["DropoutGrad"], 5, 6) in str(e.value)
+
+
+@pytest.mark.parametrize("n,words", [(33, 1), (33, 3), (32, 2), (1, 0), (0, 1)])
+def test_bitmask_count_message_is_the_tables(n, words):
+    sess = session(_model("BitmaskDropoutGrad"))
+    with pytest.raises(Exception) as e:
+        sess.run(None, {"dY": np.ones(n, np.float32), "mask": np.ones(words, np.uint32)})
+    expected = D.bitmask_count_message(LABEL["BitmaskDropoutGrad"], words, n)
+    assert expected == (f"{LABEL['BitmaskDropoutGrad']}: mask has {words} words but dY has {n} elements, which need "
+                        f"{-(-n // 32)} words")
+    assert expected in str(e.value)
 
 
 # ------------------------------------------------------------------- the Python paths use the table

@@ -1,5 +1,6 @@
-"""``python -m caffe2_ort check``: load the plugin into ONNX Runtime, run both ops on every provider
-that can, compare with the numpy reference, and say what failed and why."""
+"""``python -m caffe2_ort check``: load the plugin into ONNX Runtime, run every op of the table
+(Dropout, DropoutGrad, BitmaskDropout, BitmaskDropoutGrad) on every provider that can, compare with the
+numpy reference, and say what failed and why."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import numpy as np
 def _model(op_type, dtype, inputs, outputs, **attrs):
     from onnx import TensorProto, helper
 
+    from . import opdefs
     from ._library import DOMAIN
 
     node = helper.make_node(op_type, inputs, outputs, domain=DOMAIN, name=f"check_{op_type}", **attrs)
-    types = {"X": dtype, "dY": dtype, "Y": dtype, "dX": dtype, "mask": TensorProto.BOOL}
+    mask = TensorProto.UINT32 if opdefs.mask_format_of(op_type) == "bits" else TensorProto.BOOL
+    types = {"X": dtype, "dY": dtype, "Y": dtype, "dX": dtype, "mask": mask}
     graph = helper.make_graph(
         [node],
         "caffe2_ort_check",
@@ -72,6 +75,13 @@ def run_checks(out=sys.stdout) -> int:
          {"dY": x, "mask": expected_mask}, [expected_dx]),
         (f"Dropout rng={mt}", _model("Dropout", TensorProto.FLOAT, ["X"], ["Y", "mask"], ratio=ratio, seed=seed, rng=mt),
          {"X": x}, [mt_y, mt_mask]),
+        ("BitmaskDropout", _model("BitmaskDropout", TensorProto.FLOAT, ["X"], ["Y", "mask"], ratio=ratio, seed=seed),
+         {"X": x}, [expected_y, reference.pack_mask(expected_mask)]),
+        ("BitmaskDropoutGrad", _model("BitmaskDropoutGrad", TensorProto.FLOAT, ["dY", "mask"], ["dX"], ratio=ratio),
+         {"dY": x, "mask": reference.pack_mask(expected_mask)}, [expected_dx]),
+        (f"BitmaskDropout rng={mt}", _model("BitmaskDropout", TensorProto.FLOAT, ["X"], ["Y", "mask"], ratio=ratio,
+                                            seed=seed, rng=mt),
+         {"X": x}, [mt_y, reference.pack_mask(mt_mask)]),
     ]
     for provider in available_providers():
         for name, model, feeds, expected in checks:

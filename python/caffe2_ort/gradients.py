@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from . import opdefs as _defs
 from ._library import DOMAIN
 from .graph import _Names, _attrs, _infer, _is_ours, _text, ensure_opset
 
@@ -1103,25 +1104,34 @@ def _add_mask(node, names):
         node.output.append(names(f"{node.output[0]}_mask"))
 
 
-@rule("Dropout", domain=DOMAIN, prepare=_add_mask)
-def _caffe2_dropout(e, n, dys, needs):
-    """Caffe2's gradient maker: DropoutGrad(dY, mask) in training, DropoutGrad(dY) in test."""
-    a = _attrs(n)
-    is_test = int(a.get("is_test", 0))
-    kw = {"ratio": float(a.get("ratio", 0.5)), "is_test": is_test}
-    if "engine" in a:
-        kw["engine"] = _text(a["engine"])
-    inputs = [dys[0]] if is_test else [dys[0], n.output[1]]
-    return [e.node("DropoutGrad", inputs, f"{n.input[0]}_grad", domain=n.domain or DOMAIN, **kw)]
+def _caffe2_dropout_rule(grad_op):
+    """Caffe2's gradient maker for a forward dropout op whose gradient op is ``grad_op``: grad_op(dY, mask) in
+    training, grad_op(dY) in test (Dropout -> DropoutGrad, BitmaskDropout -> BitmaskDropoutGrad)."""
+
+    def rule_fn(e, n, dys, needs):
+        a = _attrs(n)
+        is_test = int(a.get("is_test", 0))
+        kw = {"ratio": float(a.get("ratio", 0.5)), "is_test": is_test}
+        if "engine" in a:
+            kw["engine"] = _text(a["engine"])
+        inputs = [dys[0]] if is_test else [dys[0], n.output[1]]
+        return [e.node(grad_op, inputs, f"{n.input[0]}_grad", domain=n.domain or DOMAIN, **kw)]
+
+    rule_fn.__doc__ = f"{grad_op}(dY, mask) in training, {grad_op}(dY) in test."
+    return rule_fn
 
 
-@rule("DropoutGrad", domain=DOMAIN)
 def _caffe2_dropout_grad(e, n, dys, needs):
-    """DropoutGrad is linear in dY: its gradient is DropoutGrad again with the same mask and attributes."""
+    """A dropout gradient op is linear in dY: its gradient is the same op again with the same mask and attributes."""
     kw = {a.name: helper.get_attribute_value(a) for a in n.attribute}
     kw = {k: (_text(v) if isinstance(v, bytes) else v) for k, v in kw.items()}
-    return [e.node("DropoutGrad", [dys[0]] + list(n.input[1:2]), f"{n.input[0]}_grad", domain=n.domain or DOMAIN, **kw),
+    return [e.node(n.op_type, [dys[0]] + list(n.input[1:2]), f"{n.input[0]}_grad", domain=n.domain or DOMAIN, **kw),
             None]
+
+
+for _forward_op, _grad_op in _defs.MASK_FORMATS.values():
+    rule(_forward_op, domain=DOMAIN, prepare=_add_mask)(_caffe2_dropout_rule(_grad_op))
+    rule(_grad_op, domain=DOMAIN)(_caffe2_dropout_grad)
 
 
 def _onnx_dropout_training(node, constants):
@@ -1359,7 +1369,7 @@ def build_gradient_model(model, loss, params=None, *, wrt_inputs=(), keep_output
     del g.initializer[:]
     g.initializer.extend(kept)
     for n in g.node:  # training-mode masks are outputs of the gradients-only form
-        if _is_ours(n, "Dropout", domain):
+        if n.domain == domain and n.op_type in _defs.FORWARD_OPS:
             _add_mask(n, _Names(g))
     targets = params + list(wrt_inputs)
     model, grads, types = add_backward(model, loss, targets, reserve=[f"{t}{grad_suffix}" for t in targets])
@@ -1383,8 +1393,9 @@ def build_gradient_model(model, loss, params=None, *, wrt_inputs=(), keep_output
         have = {o.name for o in outputs}
         outputs += [o for o in g.output if o.name not in have]
         have |= {o.name for o in outputs}
-        masks = [n.output[1] for n in g.node if n.op_type == "Dropout" and n.domain in (domain, "", "ai.onnx")
-                 and len(n.output) > 1 and n.output[1]]
+        masks = [n.output[1] for n in g.node if len(n.output) > 1 and n.output[1]
+                 and ((n.op_type in _defs.FORWARD_OPS and n.domain == domain)
+                      or (n.op_type == "Dropout" and n.domain in ("", "ai.onnx")))]
         outputs += [_value_info(m, types[m]) for m in masks if m not in have and m in types]
     del g.output[:]
     g.output.extend(outputs)

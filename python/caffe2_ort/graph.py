@@ -2,6 +2,11 @@
 convert to and from standard ONNX Dropout, hold masks fixed; :func:`build_training_model` is the
 gradients-only training form (the rules are in :mod:`caffe2_ort.gradients`).
 
+Masks come in two formats (``mask_format``, :data:`caffe2_ort.opdefs.MASK_FORMATS`): "bool" (Dropout /
+DropoutGrad, Caffe2's X-shaped bool mask) and "bits" (BitmaskDropout / BitmaskDropoutGrad, the same draw
+packed 32 keep bits a uint32 word: 8x smaller). The builders take ``mask_format``; :func:`set_mask_format`
+turns a model's Dropout/DropoutGrad pairs from one format into the other.
+
 Every function that takes a ``ModelProto`` returns a new model and leaves its argument untouched, except
 :func:`add_dropout`, which edits the graph or model it is given (it is a builder step).
 """
@@ -60,6 +65,16 @@ def _text(v):
 
 def _is_ours(node, op, domain=DOMAIN):
     return node.domain == domain and node.op_type == op
+
+
+def _is_forward(node, domain=DOMAIN):
+    """An ai.caffe2 forward dropout node (Dropout or BitmaskDropout)."""
+    return node.domain == domain and node.op_type in _defs.FORWARD_OPS
+
+
+def _is_gradient(node, domain=DOMAIN):
+    """An ai.caffe2 dropout gradient node (DropoutGrad or BitmaskDropoutGrad)."""
+    return node.domain == domain and node.op_type in _defs.GRADIENT_OPS
 
 
 def _is_onnx(node, op):
@@ -142,32 +157,44 @@ def _producer_index(graph):
 # building Dropout nodes
 
 
+def _checked_attrs(op, values, name):
+    """The attributes to write on a new ``op`` node: checked by the table, defaults left out (the seed
+    and a non-default engine written), an engine on an op without one refused with the table's message."""
+    d = _defs.OPS[op]
+    has = {a.name for a in d.attrs}
+    if values.get("engine") in ("", None) and "engine" not in has:
+        values = {k: v for k, v in values.items() if k != "engine"}
+    a = d.validate(values, node=name)
+    kw = {"ratio": a["ratio"], "is_test": a["is_test"]}
+    if values.get("seed") is not None:
+        kw["seed"] = _defs.seed_as_int64(a["seed"])
+    for k in ("engine", "rng"):
+        if a.get(k):
+            kw[k] = a[k]
+    return kw
+
+
 def make_dropout(x, y, mask=None, *, ratio=_RATIO, is_test=False, seed=None, engine=_ENGINE, rng=_RNG, name=None,
-                 domain=DOMAIN):
-    """A ``NodeProto`` for ai.caffe2 Dropout (X) -> (Y, mask?). ``seed=None``: a random seed per session;
+                 domain=DOMAIN, mask_format="bool"):
+    """A ``NodeProto`` for ai.caffe2 Dropout (X) -> (Y, mask?), or BitmaskDropout with ``mask_format="bits"``
+    (a uint32 mask of ceil(numel / 32) words; no engine). ``seed=None``: a random seed per session;
     ``rng="caffe2_mt19937"``: Caffe2's own CPU mask stream. Attributes are checked by the op table
     (:mod:`caffe2_ort.opdefs`), with the native kernels' messages."""
-    a = _defs.DROPOUT.validate({"ratio": ratio, "is_test": int(bool(is_test)), "seed": seed, "engine": engine,
-                                "rng": rng}, node=name)
-    kw = {"ratio": a["ratio"], "is_test": a["is_test"]}
-    if seed is not None:
-        kw["seed"] = _defs.seed_as_int64(a["seed"])
-    if a["engine"]:
-        kw["engine"] = a["engine"]
-    if a["rng"]:
-        kw["rng"] = a["rng"]
+    op = _defs.MASK_FORMATS[_defs.check_mask_format(mask_format)][0]
+    kw = _checked_attrs(op, {"ratio": ratio, "is_test": int(bool(is_test)), "seed": seed, "engine": engine,
+                             "rng": rng}, name)
     outputs = [y] + ([mask] if mask else [])
-    return helper.make_node("Dropout", [x], outputs, name=name or f"{y}_dropout", domain=domain, **kw)
+    return helper.make_node(op, [x], outputs, name=name or f"{y}_dropout", domain=domain, **kw)
 
 
-def make_dropout_grad(dy, dx, mask=None, *, ratio=_RATIO, is_test=False, engine=_ENGINE, name=None, domain=DOMAIN):
-    """A ``NodeProto`` for ai.caffe2 DropoutGrad (dY, mask?) -> dX."""
-    a = _defs.DROPOUT_GRAD.validate({"ratio": ratio, "is_test": int(bool(is_test)), "engine": engine}, node=name)
-    kw = {"ratio": a["ratio"], "is_test": a["is_test"]}
-    if a["engine"]:
-        kw["engine"] = a["engine"]
+def make_dropout_grad(dy, dx, mask=None, *, ratio=_RATIO, is_test=False, engine=_ENGINE, name=None, domain=DOMAIN,
+                      mask_format="bool"):
+    """A ``NodeProto`` for ai.caffe2 DropoutGrad (dY, mask?) -> dX, or BitmaskDropoutGrad with
+    ``mask_format="bits"``."""
+    op = _defs.MASK_FORMATS[_defs.check_mask_format(mask_format)][1]
+    kw = _checked_attrs(op, {"ratio": ratio, "is_test": int(bool(is_test)), "engine": engine}, name)
     inputs = [dy] + ([mask] if mask else [])
-    return helper.make_node("DropoutGrad", inputs, [dx], name=name or f"{dx}_dropout_grad", domain=domain, **kw)
+    return helper.make_node(op, inputs, [dx], name=name or f"{dx}_dropout_grad", domain=domain, **kw)
 
 
 def add_dropout(
@@ -185,6 +212,7 @@ def add_dropout(
     rewire=True,
     name=None,
     domain=DOMAIN,
+    mask_format="bool",
 ):
     """Insert an ai.caffe2 Dropout on tensor ``x`` (in place) and return ``(y, mask_name_or_None)``.
 
@@ -195,6 +223,7 @@ def add_dropout(
     the graph outputs (it needs ``x``'s type, so give the graph its input types). ``training=False``
     builds the inference form (is_test=1, no mask). Given a ``ModelProto``, the ai.caffe2 opset is
     imported too. ``rng``: the mask stream ("caffe2_mt19937" = Caffe2's own CPU stream).
+    ``mask_format="bits"``: a BitmaskDropout, whose mask is uint32 of ceil(numel / 32) words.
     """
     model = model_or_graph if isinstance(model_or_graph, onnx.ModelProto) else None
     graph = model.graph if model is not None else model_or_graph
@@ -203,7 +232,7 @@ def add_dropout(
     names.used.add(y)
     m = (mask or names(f"{y}_mask")) if training else None
     node = make_dropout(x, y, m, ratio=ratio, is_test=not training, seed=seed, engine=engine, rng=rng,
-                        name=name or names(f"{y}_node"), domain=domain)
+                        name=name or names(f"{y}_node"), domain=domain, mask_format=mask_format)
     if rewire:
         for n in graph.node:
             for i, inp in enumerate(n.input):
@@ -224,13 +253,29 @@ def add_dropout(
             src_t = _infer(model).get(x)
         else:
             src_t = src.type if src is not None else None
-        mask_vi.type.tensor_type.elem_type = TensorProto.BOOL
-        if src_t is not None and src_t.tensor_type.HasField("shape") and engine != "CUDNN":
-            mask_vi.type.tensor_type.shape.CopyFrom(src_t.tensor_type.shape)
-        else:
-            mask_vi.type.tensor_type.shape.dim.add()
+        mask_vi.type.CopyFrom(_mask_type(node.op_type, src_t, engine))
         graph.output.append(mask_vi)
     return y, m
+
+
+def _mask_type(op, x_type, engine=""):
+    """The TypeProto of the mask output of forward op ``op`` over X of type ``x_type`` (None: unknown):
+    bool of X's shape (rank 1 under engine CUDNN), or uint32 of ceil(numel / 32) words."""
+    t = onnx.TypeProto()
+    known = x_type is not None and x_type.tensor_type.HasField("shape")
+    if _defs.mask_format_of(op) == "bits":
+        t.tensor_type.elem_type = TensorProto.UINT32
+        dim = t.tensor_type.shape.dim.add()
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in x_type.tensor_type.shape.dim] if known else [None]
+        if None not in dims:
+            dim.dim_value = _defs.bitmask_words(int(np.prod(dims, dtype=np.int64)))
+        return t
+    t.tensor_type.elem_type = TensorProto.BOOL
+    if known and engine != "CUDNN":
+        t.tensor_type.shape.CopyFrom(x_type.tensor_type.shape)
+    else:
+        t.tensor_type.shape.dim.add()
+    return t
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -238,8 +283,8 @@ def add_dropout(
 
 
 def dropout_nodes(model, domain=DOMAIN):
-    """The ai.caffe2 Dropout nodes of a model's main graph."""
-    return [n for n in model.graph.node if _is_ours(n, "Dropout", domain)]
+    """The ai.caffe2 forward dropout nodes (Dropout and BitmaskDropout) of a model's main graph."""
+    return [n for n in model.graph.node if _is_forward(n, domain)]
 
 
 def to_inference(model, *, domain=DOMAIN):
@@ -253,13 +298,13 @@ def to_inference(model, *, domain=DOMAIN):
     g = model.graph
     dropped = set()
     for n in g.node:
-        if _is_ours(n, "Dropout", domain):
+        if _is_forward(n, domain):
             _set_attr(n, "is_test", 1)
             if len(n.output) > 1:
                 dropped.update(o for o in n.output[1:] if o)
                 del n.output[1:]
     for n in g.node:
-        if _is_ours(n, "DropoutGrad", domain):
+        if _is_gradient(n, domain):
             _set_attr(n, "is_test", 1)
             del n.input[1:]
         elif any(i in dropped for i in n.input):
@@ -283,11 +328,11 @@ def to_training(model, *, expose_masks=True, domain=DOMAIN):
     g = model.graph
     names = _Names(g)
     for n in g.node:
-        if _is_ours(n, "DropoutGrad", domain) and _attrs(n).get("is_test", 0):
-            raise ValueError(f"DropoutGrad {n.name!r} is in test form; rebuild the backward graph instead")
+        if _is_gradient(n, domain) and _attrs(n).get("is_test", 0):
+            raise ValueError(f"{n.op_type} {n.name!r} is in test form; rebuild the backward graph instead")
     exposed = []
     for n in g.node:
-        if _is_ours(n, "Dropout", domain):
+        if _is_forward(n, domain):
             _set_attr(n, "is_test", 0)
             if expose_masks:
                 if len(n.output) < 2 or not n.output[1]:
@@ -307,9 +352,99 @@ def mc_dropout(model, *, domain=DOMAIN):
     model = to_training(model, expose_masks=False, domain=domain)
     read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
     for n in model.graph.node:
-        if _is_ours(n, "Dropout", domain) and len(n.output) > 1 and n.output[1] not in read:
+        if _is_forward(n, domain) and len(n.output) > 1 and n.output[1] not in read:
             del n.output[1:]
     return model
+
+
+def _refuse_bits(node, what, domain=DOMAIN):
+    if (_is_forward(node, domain) or _is_gradient(node, domain)) and _defs.mask_format_of(node.op_type) == "bits":
+        raise ValueError(f"{what}: {node.op_type} node {node.name or node.output[0]!r} has a bit-packed mask; "
+                         "turn the model back with set_mask_format(model, 'bool') first")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# mask formats
+
+
+class MaskFormatError(ValueError):
+    """A model whose dropout masks cannot be turned into the other format (one line, naming the node)."""
+
+
+def mask_format_nodes(model, domain=DOMAIN):
+    """{mask format: number of ai.caffe2 dropout nodes (forward and gradient) of that format}."""
+    out = dict.fromkeys(_defs.MASK_FORMATS, 0)
+    for n in model.graph.node:
+        if _is_forward(n, domain) or _is_gradient(n, domain):
+            out[_defs.mask_format_of(n.op_type)] += 1
+    return out
+
+
+def set_mask_format(model, mask_format, *, domain=DOMAIN):
+    """A copy whose ai.caffe2 dropout pairs use masks of ``mask_format``: "bits" turns Dropout into
+    BitmaskDropout and DropoutGrad into BitmaskDropoutGrad (uint32 masks of ceil(numel / 32) words, 8x
+    smaller than the bool ones), "bool" turns them back. Outputs, keep decisions, RNG streams and gradients
+    stay bit for bit the same; mask graph outputs and value_info change type.
+
+    Refused (:class:`MaskFormatError`): a training-mode gradient node whose mask is not the mask output of
+    a forward dropout node of the graph, a mask that any other node reads, and engine "CUDNN" (its mask is
+    cuDNN's reserve space, not a bit mask) when converting to bits.
+    """
+    fmt = _defs.check_mask_format(mask_format)
+    forward_op, grad_op = _defs.MASK_FORMATS[fmt]
+    model = copy.deepcopy(model)
+    g = model.graph
+    masks = {}  # mask tensor -> its forward node
+    for n in g.node:
+        if _is_forward(n, domain) and len(n.output) > 1 and n.output[1]:
+            masks[n.output[1]] = n
+    for n in g.node:
+        if _is_gradient(n, domain):
+            if len(n.input) < 2 or not n.input[1]:
+                continue
+            if n.input[1] not in masks and _attrs(n).get("is_test", 0):
+                del n.input[1:]  # a test-mode gradient ignores its mask: it needs none of the new format
+            elif n.input[1] not in masks:
+                raise MaskFormatError(
+                    f"{n.op_type} node {n.name or n.output[0]!r} reads mask {n.input[1]!r}, which no ai.caffe2 Dropout "
+                    f"of the graph writes: its mask cannot be converted to mask_format {fmt!r}")
+        elif not _is_forward(n, domain):
+            for i in n.input:
+                if i in masks:
+                    raise MaskFormatError(
+                        f"node {n.name or n.op_type!r} ({n.op_type}) reads the dropout mask {i!r}; only a dropout "
+                        f"gradient may read it for mask_format {fmt!r}")
+    for n in g.node:
+        if not (_is_forward(n, domain) or _is_gradient(n, domain)) or n.op_type in (forward_op, grad_op):
+            continue
+        new_op = forward_op if _is_forward(n, domain) else grad_op
+        if _text(_attrs(n).get("engine", "")) == "CUDNN" and "engine" in _defs.OPS[new_op].refused_names:
+            raise MaskFormatError(_defs.OPS[new_op].refusal_message("engine", n.name or None))
+        keep = {a.name for a in _defs.OPS[new_op].attrs}
+        kept = [a for a in n.attribute if a.name in keep]
+        del n.attribute[:]
+        n.attribute.extend(kept)
+        n.op_type = new_op
+    # the masks' declared types follow the new format
+    declared = [vi for vi in list(g.output) + list(g.value_info) if vi.name in masks]
+    if declared:
+        types = _infer(_without_types(model, set(masks)))
+        for vi in declared:
+            n = masks[vi.name]
+            vi.type.CopyFrom(_mask_type(n.op_type, types.get(n.input[0]), _text(_attrs(n).get("engine", ""))))
+    return model
+
+
+def _without_types(model, names):
+    """A copy without the declared types of ``names`` (so inference does not meet the old mask types)."""
+    m = copy.deepcopy(model)
+    vis = [vi for vi in m.graph.value_info if vi.name not in names]
+    del m.graph.value_info[:]
+    m.graph.value_info.extend(vis)
+    outs = [vi for vi in m.graph.output if vi.name not in names]
+    del m.graph.output[:]
+    m.graph.output.extend(outs)
+    return m
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -353,6 +488,7 @@ def with_fixed_masks(model, *, domain=DOMAIN):
     types = _infer(model)
     new_nodes, mask_inputs = [], []
     for n in g.node:
+        _refuse_bits(n, "with_fixed_masks", domain)
         if not (_is_ours(n, "Dropout", domain) and not _defs.DROPOUT.validate_node(n)["is_test"]):
             new_nodes.append(n)
             continue
@@ -443,6 +579,7 @@ def to_onnx_dropout(model, *, lower_grads=True, warn=True, domain=DOMAIN):
     types = None
     new_nodes, seeds, engines, rngs = [], False, set(), set()
     for n in g.node:
+        _refuse_bits(n, "to_onnx_dropout", domain)
         label = n.name or n.output[0]
         if _is_ours(n, "Dropout", domain):
             a = _defs.DROPOUT.validate_node(n)  # the table's checks and defaults

@@ -1,4 +1,5 @@
-"""The ai.caffe2 op table: the one description of Dropout and DropoutGrad in this package.
+"""The ai.caffe2 op table: the one description of Dropout, DropoutGrad and their bit-packed-mask
+variants BitmaskDropout and BitmaskDropoutGrad (an extension beyond Caffe2) in this package.
 
 Everything else follows from it: the ONNX schemas (:mod:`caffe2_ort.schemas`), every attribute check
 (the schemas' inference functions, :mod:`caffe2_ort.reference`, :mod:`caffe2_ort.reference_ops`, the
@@ -21,10 +22,14 @@ OPSET_VERSION = 1
 
 ELEMENT_TYPES = ("tensor(float)", "tensor(double)", "tensor(float16)", "tensor(bfloat16)")
 MASK_TYPES = ("tensor(bool)",)
+BITMASK_TYPES = ("tensor(uint32)",)
 TYPE_CONSTRAINTS = (
     ("T", ELEMENT_TYPES, "Element types of the data."),
     ("B", MASK_TYPES, "The mask type (true = kept)."),
+    ("M", BITMASK_TYPES, "The bit-packed mask type: bit j of word w is the keep decision of element 32 w + j."),
 )
+MASK_CONSTRAINTS = ("B", "M")  # the type constraints of masks (not differentiable)
+BITS_PER_WORD = 32
 
 ENGINES = ("", "DEFAULT", "CUDNN")
 RNGS = ("", "philox", "caffe2_mt19937")
@@ -173,10 +178,24 @@ class OpDef:
     inputs: tuple
     outputs: tuple
     attrs: tuple
-    # Attributes of a sibling op refused by name (the native library does the same).
+    # Attributes of a sibling op refused by name (the native library does the same): ((name, why), ...),
+    # the message being "<where>: <op> has no attribute <name> <why>".
     refused: tuple = ()
-    refused_why: str = ""
     deterministic: bool = True
+
+    @property
+    def refused_names(self) -> tuple:
+        return tuple(name for name, _ in self.refused)
+
+    def refusal_message(self, name: str, node=None) -> str:
+        """The message refusing attribute ``name`` (one of :attr:`refused_names`)."""
+        why = dict(self.refused)[name]
+        return f"{where(self.name, node)}: {self.name} has no attribute {name} {why}"
+
+    def type_constraints(self) -> tuple:
+        """The entries of TYPE_CONSTRAINTS this op's inputs and outputs use, in the table's order."""
+        used = {p.type_str for p in self.inputs + self.outputs}
+        return tuple(c for c in TYPE_CONSTRAINTS if c[0] in used)
 
     def attr(self, name: str) -> Attr:
         for a in self.attrs:
@@ -205,9 +224,9 @@ class OpDef:
             if kind != a.kind:
                 raise AttributeKindError(kind_message(label, a, kind))
             out[a.name] = a.check(v, label)
-        for name in self.refused:
+        for name in self.refused_names:
             if name in values and values[name] is not None:
-                raise AttributeValueError(f"{label}: {self.name} has no attribute {name} {self.refused_why}")
+                raise AttributeValueError(self.refusal_message(name, node))
         return out
 
     def validate_node(self, node) -> dict:
@@ -256,6 +275,17 @@ def mask_count_message(label: str, mask_count: int, grad_count: int) -> str:
     return f"{label}: mask has {mask_count} elements but dY has {grad_count}; they must be equal"
 
 
+def bitmask_words(numel: int) -> int:
+    """Words of a bit-packed mask over ``numel`` elements: ceil(numel / 32)."""
+    return (int(numel) + BITS_PER_WORD - 1) // BITS_PER_WORD
+
+
+def bitmask_count_message(label: str, mask_words: int, grad_count: int) -> str:
+    """BitmaskDropoutGrad's run-time error for a mask of the wrong length."""
+    return (f"{label}: mask has {mask_words} words but dY has {grad_count} elements, which need "
+            f"{bitmask_words(grad_count)} words")
+
+
 def cuda_graph_rng_message(label: str, rng: str) -> str:
     """What the CUDA EP says for a training run of an rng = caffe2_mt19937 node under CUDA-graph capture."""
     return (f"{label}: rng = '{escape(rng)}' draws Caffe2's MT19937 stream on the host, which a CUDA-graph replay "
@@ -274,6 +304,9 @@ _SEED = Attr("seed", INT, None, "RNG seed (Caffe2's device_option.random_seed), 
 _RNG = Attr("rng", STRING, "", "Mask stream: \"\" or \"philox\" = the Philox contract; \"caffe2_mt19937\" = Caffe2's "
             "own CPU stream (MT19937 seeded with seed mod 2^32).", choices=RNGS,
             choice_docs=("'' (default)", "'philox'", "'caffe2_mt19937'"))
+
+_FORWARD_ONLY = "(it belongs to the forward Dropout; the mask input carries its draw)"
+_NO_BIT_ENGINE = "(cuDNN's reserve space is not a bit mask; use Dropout with engine 'CUDNN')"
 
 DROPOUT = OpDef(
     "Dropout",
@@ -297,11 +330,60 @@ DROPOUT_GRAD = OpDef(
     ),
     outputs=(Param("dX", "T", False, "Gradient of Dropout's X, dY's shape."),),
     attrs=(_RATIO, _IS_TEST, _ENGINE),
-    refused=("seed", "rng"),
-    refused_why="(it belongs to the forward Dropout; the mask input carries its draw)",
+    refused=tuple((n, _FORWARD_ONLY) for n in ("seed", "rng")),
 )
 
-OPS = {op.name: op for op in (DROPOUT, DROPOUT_GRAD)}
+BITMASK_DROPOUT = OpDef(
+    "BitmaskDropout",
+    "Dropout with a bit-packed mask (an extension beyond Caffe2): Y, the RNG draw and the keep decisions are "
+    "Dropout's; the mask holds one bit per element, 8x smaller than Dropout's bool mask.",
+    inputs=DROPOUT.inputs,
+    outputs=(
+        DROPOUT.outputs[0],
+        Param("mask", "M", True, "Keep bits, 1-D of ceil(numel / 32) words: bit j (LSB = 0) of word w is element "
+              "32 w + j (row-major), 1 = kept; bits past numel are 0."),
+    ),
+    attrs=(_RATIO, _IS_TEST, _SEED, _RNG),
+    refused=(("engine", _NO_BIT_ENGINE),),
+    deterministic=False,
+)
+
+BITMASK_DROPOUT_GRAD = OpDef(
+    "BitmaskDropoutGrad",
+    "DropoutGrad reading a bit-packed mask (an extension beyond Caffe2): dX = (dY * mask) * scale in training, "
+    "dX = dY in test.",
+    inputs=(
+        DROPOUT_GRAD.inputs[0],
+        Param("mask", "M", True, "The forward BitmaskDropout's mask (ceil(numel(dY) / 32) words; padding bits are "
+              "not read); required when is_test = 0, ignored otherwise."),
+    ),
+    outputs=DROPOUT_GRAD.outputs,
+    attrs=(_RATIO, _IS_TEST),
+    refused=DROPOUT_GRAD.refused + (("engine", _NO_BIT_ENGINE),),
+)
+
+OPS = {op.name: op for op in (DROPOUT, DROPOUT_GRAD, BITMASK_DROPOUT, BITMASK_DROPOUT_GRAD)}
+
+# The mask formats of the graph helpers, the gradient rule and the converter: name -> (forward op, gradient op).
+MASK_FORMATS = {"bool": (DROPOUT.name, DROPOUT_GRAD.name), "bits": (BITMASK_DROPOUT.name, BITMASK_DROPOUT_GRAD.name)}
+FORWARD_OPS = tuple(f for f, _ in MASK_FORMATS.values())
+GRADIENT_OPS = tuple(g for _, g in MASK_FORMATS.values())
+GRADIENT_OF = dict(MASK_FORMATS.values())  # forward op -> its gradient op
+
+
+def mask_format_of(op: str) -> str:
+    """The mask format ("bool" or "bits") of a forward or gradient dropout op."""
+    for fmt, pair in MASK_FORMATS.items():
+        if op in pair:
+            return fmt
+    raise KeyError(f"{op!r} is not a dropout op of the table")
+
+
+def check_mask_format(mask_format) -> str:
+    """``mask_format`` when it names a mask format, else a ValueError naming the accepted ones."""
+    if mask_format not in MASK_FORMATS:
+        raise ValueError(f"mask_format must be one of {', '.join(map(repr, MASK_FORMATS))}, not {mask_format!r}")
+    return mask_format
 
 
 # ------------------------------------------------------------------------------------------------ README
@@ -336,8 +418,10 @@ def markdown() -> str:
         lines += ["", "| attribute | kind | default | valid | description |", "|---|---|---|---|---|"]
         for a in op.attrs:
             lines.append(f"| `{a.name}` | {a.kind} | {_md_default(a)} | {_md_valid(a)} | {a.doc} |")
-        if op.refused:
-            lines += ["", f"{op.name} refuses {', '.join(f'`{r}`' for r in op.refused)} {op.refused_why}."]
+        whys = dict.fromkeys(why for _, why in op.refused)
+        for why in whys:
+            names = [f"`{n}`" for n, w in op.refused if w == why]
+            lines += ["", f"{op.name} refuses {', '.join(names)} {why}."]
         lines.append("")
     lines.append("Types: " + "; ".join(f"{n} ∈ {{{', '.join(t)}}}" for n, t, _ in TYPE_CONSTRAINTS) + ".")
     lines += ["", _END]

@@ -1,4 +1,6 @@
-"""A numpy reference of ai.caffe2 Dropout and DropoutGrad that follows both mask streams bit for bit.
+"""A numpy reference of ai.caffe2 Dropout and DropoutGrad that follows both mask streams bit for bit,
+and of BitmaskDropout and BitmaskDropoutGrad (the same draw, the mask packed 32 keep bits a word by
+:func:`pack_mask`, LSB first, row-major).
 
 ``rng = "philox"`` (or ""; see README, "The RNG contract"): element ``i`` (row-major) of a mask drawn
 at ``base`` uses Philox4x32-10 block ``b = base + i // 4`` with counter ``(b mod 2**32, b // 2**32, 0,
@@ -188,11 +190,29 @@ def check_attributes(op: str, **values) -> dict:
     return _defs.OPS[op].validate(values)
 
 
-def dropout(x, ratio=_RATIO, is_test=_IS_TEST, seed=0, base=0, rng=_RNG):
+def pack_mask(keep) -> np.ndarray:
+    """A bool keep-mask as BitmaskDropout's mask: uint32 words, ceil(numel / 32) of them; bit j (LSB = 0)
+    of word w is element 32 w + j (row-major); bits past numel are 0."""
+    flat = np.asarray(keep, dtype=bool).reshape(-1)
+    words = _defs.bitmask_words(flat.size)
+    packed = np.zeros(4 * words, dtype=np.uint8)
+    packed[: (flat.size + 7) // 8] = np.packbits(flat, bitorder="little")
+    return packed.view("<u4").astype(np.uint32)
+
+
+def unpack_mask(words, shape) -> np.ndarray:
+    """The bool keep-mask of ``shape`` that BitmaskDropout's ``words`` hold (padding bits not read)."""
+    shape = tuple(int(d) for d in shape)
+    numel = int(np.prod(shape, dtype=np.int64))
+    w = np.ascontiguousarray(np.asarray(words).reshape(-1), dtype="<u4")
+    return np.unpackbits(w.view(np.uint8), count=numel, bitorder="little").astype(bool).reshape(shape)
+
+
+def dropout(x, ratio=_RATIO, is_test=_IS_TEST, seed=0, base=0, rng=_RNG, _op="Dropout"):
     """Caffe2 Dropout. Returns (Y, mask); the mask is all true in test mode. ``base``: the Philox block
     counter, or under rng="caffe2_mt19937" the number of elements drawn before. ``seed`` is 0 unless
     given (this function is stateless, so a reproducible default); ``seed=None`` draws a fresh one."""
-    a = check_attributes("Dropout", ratio=ratio, is_test=is_test, seed=seed, rng=rng)
+    a = check_attributes(_op, ratio=ratio, is_test=is_test, seed=seed, rng=rng)
     if a["seed"] is None:  # as a seedless node: a fresh 64-bit seed
         a["seed"] = _defs.fresh_seed()
     x = np.asarray(x)
@@ -204,6 +224,12 @@ def dropout(x, ratio=_RATIO, is_test=_IS_TEST, seed=0, base=0, rng=_RNG):
     else:
         keep = keep_mask(a["seed"], base, x.shape, a["ratio"])
     return apply_mask(x, keep, a["ratio"]), keep
+
+
+def bitmask_dropout(x, ratio=_RATIO, is_test=_IS_TEST, seed=0, base=0, rng=_RNG):
+    """BitmaskDropout: :func:`dropout`'s (Y, mask) with the mask packed by :func:`pack_mask`."""
+    y, keep = dropout(x, ratio=ratio, is_test=is_test, seed=seed, base=base, rng=rng, _op="BitmaskDropout")
+    return y, pack_mask(keep)
 
 
 def dropout_grad(dy, mask=None, ratio=_RATIO, is_test=_IS_TEST):
@@ -219,8 +245,29 @@ def dropout_grad(dy, mask=None, ratio=_RATIO, is_test=_IS_TEST):
     mask = np.asarray(mask)
     if mask.size != dy.size:
         raise ValueError(_defs.mask_count_message(label, mask.size, dy.size))
+    return _apply_grad(dy, mask, a["ratio"])
+
+
+def bitmask_dropout_grad(dy, mask=None, ratio=_RATIO, is_test=_IS_TEST):
+    """BitmaskDropoutGrad: dX = dY in test mode, else DropoutGrad's dX for the unpacked ``mask`` words."""
+    a = check_attributes("BitmaskDropoutGrad", ratio=ratio, is_test=is_test)
+    label = _defs.where("BitmaskDropoutGrad")
+    dy = np.asarray(dy)
+    _check_dtype(dy.dtype)
+    if a["is_test"]:
+        return dy.copy()
+    if mask is None:
+        raise ValueError(_defs.mask_required_message(label))
+    mask = np.asarray(mask)
+    if mask.size != _defs.bitmask_words(dy.size):
+        raise ValueError(_defs.bitmask_count_message(label, mask.size, dy.size))
+    return _apply_grad(dy, unpack_mask(mask, dy.shape), a["ratio"])
+
+
+def _apply_grad(dy, mask, ratio):
+    """(dY * m) * scale in float32 (float64 for float64), rounded once: dY * 0 first, so never NaN from scale."""
     ct = _compute_dtype(dy.dtype)
-    scale = ct.type(drop_scale(a["ratio"]))
+    scale = ct.type(drop_scale(ratio))
     with np.errstate(invalid="ignore", over="ignore"):
         dx = (dy.astype(ct) * (mask.reshape(dy.shape) != 0).astype(ct)) * scale
         return dx.astype(dy.dtype)

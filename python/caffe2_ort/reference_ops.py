@@ -1,11 +1,12 @@
-"""ai.caffe2 Dropout and DropoutGrad as ``onnx.reference`` operators, built on :mod:`caffe2_ort.reference`.
+"""The ai.caffe2 ops (Dropout, DropoutGrad, BitmaskDropout, BitmaskDropoutGrad) as ``onnx.reference``
+operators, built on :mod:`caffe2_ort.reference`.
 
     from onnx.reference import ReferenceEvaluator
     from caffe2_ort.reference_ops import OPS
     ref = ReferenceEvaluator(model, new_ops=OPS)
     y, mask = ref.run(None, {"X": x})
 
-Each Dropout node of an evaluator holds its own stream (:class:`caffe2_ort.reference.DropoutStream`),
+Each Dropout or BitmaskDropout node of an evaluator holds its own stream (:class:`caffe2_ort.reference.DropoutStream`),
 like the native kernel instance of an ORT session: under rng "philox" a 64-bit counter that starts at 0
 and advances by ceil(numel/4) per training run (is_test = 0, ratio != 0); under rng "caffe2_mt19937"
 Caffe2's MT19937, two words per element per training run. So the k-th ``run`` of a fresh evaluator
@@ -44,7 +45,8 @@ class _Caffe2Op(OpRun):
             self.attrs_ = _defs.OPS[self.onnx_node.op_type].validate_node(self.onnx_node)
         except _defs.AttributeKindError as e:
             raise _defs.AttributeValueError(str(e)) from None
-        self.ratio_, self.is_test_, self.engine_ = self.attrs_["ratio"], self.attrs_["is_test"], self.attrs_["engine"]
+        self.ratio_, self.is_test_ = self.attrs_["ratio"], self.attrs_["is_test"]
+        self.engine_ = self.attrs_.get("engine", "")
 
     def _n_outputs(self):
         # Trailing empty names are absent optional outputs.
@@ -75,8 +77,20 @@ class Dropout(_Caffe2Op):
         return (y,)  # the mask output is absent (or named ""): the evaluator zips outputs by name
 
 
+class BitmaskDropout(Dropout):
+    """ai.caffe2::BitmaskDropout(X) -> (Y, mask?): Dropout's stream and Y, the mask packed into uint32 words."""
+
+    def _run(self, X, ratio=None, is_test=None, seed=None, rng=None):  # noqa: ARG002 - read at init
+        y, mask = self.stream.run(X, ratio=self.ratio_, is_test=self.is_test_)
+        if self._n_outputs() >= 2:
+            return (y, _ref.pack_mask(mask))
+        return (y,)
+
+
 class DropoutGrad(_Caffe2Op):
     """ai.caffe2::DropoutGrad(dY, mask?) -> dX."""
+
+    grad = staticmethod(_ref.dropout_grad)
 
     def __init__(self, onnx_node, run_params, schema=None):
         super().__init__(onnx_node, run_params, schema)
@@ -86,10 +100,19 @@ class DropoutGrad(_Caffe2Op):
             raise ValueError(_defs.mask_required_message(self._node_label()))
 
     def _run(self, dY, mask=None, ratio=None, is_test=None, engine=None):  # noqa: ARG002
-        return (_ref.dropout_grad(dY, mask, ratio=self.ratio_, is_test=self.is_test_),)
+        return (self.grad(dY, mask, ratio=self.ratio_, is_test=self.is_test_),)
 
 
-OPS = [Dropout, DropoutGrad]
+class BitmaskDropoutGrad(DropoutGrad):
+    """ai.caffe2::BitmaskDropoutGrad(dY, mask?) -> dX, the mask as BitmaskDropout's uint32 words."""
+
+    grad = staticmethod(_ref.bitmask_dropout_grad)
+
+    def _run(self, dY, mask=None, ratio=None, is_test=None):  # noqa: ARG002
+        return (self.grad(dY, mask, ratio=self.ratio_, is_test=self.is_test_),)
+
+
+OPS = [Dropout, DropoutGrad, BitmaskDropout, BitmaskDropoutGrad]
 """The classes to pass as ``new_ops`` to ``onnx.reference.ReferenceEvaluator``."""
 
 
@@ -102,7 +125,8 @@ def evaluator(model, **kwargs):
 
 
 def dropout_nodes(ref):
-    """The Dropout operator instances of a ReferenceEvaluator, by node name (or output name when unnamed)."""
+    """The Dropout (and BitmaskDropout) operator instances of a ReferenceEvaluator, by node name (or output
+    name when unnamed)."""
     out = {}
     for node in getattr(ref, "rt_nodes_", []):
         if isinstance(node, Dropout):
@@ -189,6 +213,9 @@ def prepare_for_pyop(model):
             continue
         d = _defs.OPS[n.op_type]
         d.validate_node(n)  # the native kernels' checks, before anything is rewritten
+        if _defs.mask_format_of(n.op_type) != "bool":
+            raise ValueError(f"{_defs.where(n.op_type, n.name)}: the PyOp fallback has no bit-packed masks; "
+                             "use mask_format='bool' (caffe2_ort.graph.set_mask_format)")
         have = {a.name for a in n.attribute}
         for k, v in d.defaults().items():
             if k not in have:

@@ -1,4 +1,5 @@
-"""ONNX schemas for ai.caffe2 v1 Dropout and DropoutGrad, registered from Python with ``onnx.defs``.
+"""ONNX schemas for the ai.caffe2 v1 ops (Dropout, DropoutGrad, BitmaskDropout, BitmaskDropoutGrad),
+registered from Python with ``onnx.defs``.
 
 After :func:`register_schemas` (called by ``import caffe2_ort``), ``onnx.checker.check_model(model,
 full_check=True)`` and ``onnx.shape_inference.infer_shapes`` know both ops: the checker validates their
@@ -9,11 +10,15 @@ inference engine), so every output of the ops gets a full type and shape:
 - Dropout: ``Y`` = X's type and shape; ``mask`` = bool with X's shape, except under ``engine="CUDNN"``
   where the mask carries cuDNN's opaque reserve space and is inferred as bool of rank 1, unknown length.
 - DropoutGrad: ``dX`` = dY's type and shape.
+- BitmaskDropout: ``Y`` as Dropout's; ``mask`` = uint32 of rank 1 with ceil(numel / 32) words when X's
+  shape is static, else of unknown length.
+- BitmaskDropoutGrad: ``dX`` = dY's type and shape.
 
 Everything here comes from the op table (:mod:`caffe2_ort.opdefs`). The inference functions also
 reject what the native kernels reject at session creation (an attribute of the wrong kind, ratio
 outside [0, 1] or NaN, an unknown engine or rng, a training DropoutGrad without its mask, bool masks
-whose element count differs from dY's when both shapes are known), with the kernels' messages, so
+whose element count differs from dY's when both shapes are known, bit masks of another word count than
+ceil(numel(dY) / 32)), with the kernels' messages, so
 ``full_check`` catches those errors early.
 
 onnx is the only dependency. With an onnx older than 1.19 (no Python inference functions),
@@ -48,6 +53,17 @@ _DROPOUT_GRAD_DOC = f"""{_MARK} {_defs.DROPOUT_GRAD.summary}
 
 is_test != 0: dX = dY (mask ignored). is_test = 0: dX = (dY * mask) * scale, with scale as in Dropout;
 the mask is required and must have as many elements as dY."""
+
+_BITMASK_DROPOUT_DOC = f"""{_MARK} {_defs.BITMASK_DROPOUT.summary}
+
+Same attributes, RNG stream, Y and keep decisions as Dropout with the same seed and run. The mask is
+1-D uint32 of ceil(numel/32) words: bit j (LSB = bit 0) of word w is the keep decision (1 = kept) of
+element 32 w + j in row-major order; bits past numel are 0. No engine attribute."""
+
+_BITMASK_DROPOUT_GRAD_DOC = f"""{_MARK} {_defs.BITMASK_DROPOUT_GRAD.summary}
+
+is_test != 0: dX = dY (mask ignored). is_test = 0: the mask is required and must have ceil(numel(dY)/32)
+words; dX is DropoutGrad's for the unpacked mask."""
 
 # The inference callables must outlive the schemas that point at them.
 _registered = {}
@@ -103,7 +119,7 @@ def _check_attributes(ctx, op):
 
     d = _defs.OPS[op]
     values, kinds = {}, {}
-    for name in [a.name for a in d.attrs] + list(d.refused):
+    for name in [a.name for a in d.attrs] + list(d.refused_names):
         a = ctx.get_attribute(name)
         if a is not None:
             values[name] = helper.get_attribute_value(a)
@@ -152,32 +168,63 @@ def _numel(t):
     return n
 
 
-def _infer_dropout(ctx):
+def _bitmask_type(x):
+    """uint32 of rank 1: ceil(numel / 32) words when X's shape is static, else of unknown length."""
     from onnx import TensorProto
 
-    engine = _check_attributes(ctx, "Dropout")["engine"]
+    t = _tensor_type(TensorProto.UINT32, rank1_unknown=True)
+    n = _numel(x)
+    if n is not None:
+        t.tensor_type.shape.dim[0].dim_value = _defs.bitmask_words(n)
+    return t
+
+
+def _infer_forward(ctx, op):
+    from onnx import TensorProto
+
+    a = _check_attributes(ctx, op)
     x = _input_type(ctx, 0)
     if x is None:
         return
     ctx.set_output_type(0, _tensor_type(x.tensor_type.elem_type, x))
     if _has(ctx, 1, outputs=True):
-        ctx.set_output_type(1, _tensor_type(TensorProto.BOOL, x, rank1_unknown=engine == "CUDNN"))
+        if _defs.mask_format_of(op) == "bits":
+            ctx.set_output_type(1, _bitmask_type(x))
+        else:
+            ctx.set_output_type(1, _tensor_type(TensorProto.BOOL, x, rank1_unknown=a["engine"] == "CUDNN"))
 
 
-def _infer_dropout_grad(ctx):
-    a = _check_attributes(ctx, "DropoutGrad")
-    is_test, engine = a["is_test"], a["engine"]
+def _infer_gradient(ctx, op):
+    a = _check_attributes(ctx, op)
+    is_test, engine = a["is_test"], a.get("engine", "")
     has_mask = _has(ctx, 1, outputs=False)
     if not is_test and not has_mask:
-        raise _error(_defs.mask_required_message(_node_label(ctx, "DropoutGrad")))
+        raise _error(_defs.mask_required_message(_node_label(ctx, op)))
     dy = _input_type(ctx, 0)
     if dy is None:
         return
     if not is_test and engine != "CUDNN":
         n_dy, n_mask = _numel(dy), _numel(_input_type(ctx, 1))
-        if n_dy is not None and n_mask is not None and n_dy != n_mask:
-            raise _error(_defs.mask_count_message(_node_label(ctx, "DropoutGrad"), n_mask, n_dy))
+        if n_dy is not None and n_mask is not None:
+            if _defs.mask_format_of(op) == "bits":
+                if n_mask != _defs.bitmask_words(n_dy):
+                    raise _error(_defs.bitmask_count_message(_node_label(ctx, op), n_mask, n_dy))
+            elif n_dy != n_mask:
+                raise _error(_defs.mask_count_message(_node_label(ctx, op), n_mask, n_dy))
     ctx.set_output_type(0, _tensor_type(dy.tensor_type.elem_type, dy))
+
+
+def _inference_function(op):
+    infer = _infer_forward if op in _defs.FORWARD_OPS else _infer_gradient
+    return lambda ctx: infer(ctx, op)
+
+
+_DOCS = {
+    _defs.DROPOUT.name: _DROPOUT_DOC,
+    _defs.DROPOUT_GRAD.name: _DROPOUT_GRAD_DOC,
+    _defs.BITMASK_DROPOUT.name: _BITMASK_DROPOUT_DOC,
+    _defs.BITMASK_DROPOUT_GRAD.name: _BITMASK_DROPOUT_GRAD_DOC,
+}
 
 
 def _make_schemas(defs):
@@ -196,17 +243,16 @@ def _make_schemas(defs):
 
     def param(p):
         # The mask is not differentiable; the data are.
-        category = nondiff if p.type_str == "B" else diff
+        category = nondiff if p.type_str in _defs.MASK_CONSTRAINTS else diff
         if p.optional:
             return S.FormalParameter(p.name, p.type_str, p.doc, param_option=opt, differentiation_category=category)
         return S.FormalParameter(p.name, p.type_str, p.doc, differentiation_category=category)
 
-    types = [(n, list(t), doc) for n, t, doc in _defs.TYPE_CONSTRAINTS]
     # onnx >= 1.18 records node determinism; older releases have no such argument.
     has_det = hasattr(S, "NodeDeterminism")
     out = {}
-    for d, doc, infer in ((_defs.DROPOUT, _DROPOUT_DOC, _infer_dropout),
-                          (_defs.DROPOUT_GRAD, _DROPOUT_GRAD_DOC, _infer_dropout_grad)):
+    for d in _defs.OPS.values():
+        doc, infer = _DOCS[d.name], _inference_function(d.name)
         extra = {}
         if has_det:
             extra["node_determinism"] = (S.NodeDeterminism.Deterministic if d.deterministic
@@ -218,7 +264,7 @@ def _make_schemas(defs):
             doc,
             inputs=[param(p) for p in d.inputs],
             outputs=[param(p) for p in d.outputs],
-            type_constraints=types,
+            type_constraints=[(n, list(t), text) for n, t, text in d.type_constraints()],
             attributes=[attribute(a) for a in d.attrs],
             **extra,
         )
@@ -233,7 +279,7 @@ def is_registered() -> bool:
         from onnx import defs
     except ImportError:  # pragma: no cover
         return False
-    for op in ("Dropout", "DropoutGrad"):
+    for op in _defs.OPS:
         if not defs.has(op, OPSET_VERSION, DOMAIN):
             return False
         if _MARK not in (defs.get_schema(op, OPSET_VERSION, DOMAIN).doc or ""):
@@ -242,7 +288,7 @@ def is_registered() -> bool:
 
 
 def register_schemas() -> None:
-    """Register the ai.caffe2 v1 Dropout and DropoutGrad schemas with onnx. Idempotent.
+    """Register the ai.caffe2 v1 schemas of every op of the table with onnx. Idempotent.
 
     A schema someone else registered under the same name, domain and version is replaced, with a
     warning. Raises :class:`SchemaRegistrationError` when the installed onnx cannot do it.
@@ -298,7 +344,7 @@ def try_register_schemas() -> bool:
 def deregister_schemas() -> None:
     """Remove our schemas from onnx again (for tests and for users who register their own)."""
     defs = _api()
-    for op in ("Dropout", "DropoutGrad"):
+    for op in _defs.OPS:
         if defs.has(op, OPSET_VERSION, DOMAIN):
             defs.deregister_schema(op, OPSET_VERSION, DOMAIN)
         _registered.pop(op, None)

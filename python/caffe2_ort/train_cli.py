@@ -38,6 +38,9 @@ def add_arguments(p) -> None:
     p.add_argument("--plot", metavar="loss.png", help="write a loss-curve PNG (needs matplotlib: caffe2-ort[plot])")
     p.add_argument("--export", metavar="trained.onnx", help="write the inference model with the trained weights")
     p.add_argument("--save", metavar="step.onnx", help="write the training-step model (with its initial state)")
+    p.add_argument("--mask-format", choices=("bool", "bits"),
+                   help="turn the model's ai.caffe2 dropout pairs into bool masks (Dropout/DropoutGrad) or bit-packed "
+                        "ones (BitmaskDropout/BitmaskDropoutGrad, 8x smaller; the same steps); default: as they are")
 
 
 def _load_model(path):
@@ -57,6 +60,10 @@ def _training_model(model, args):
         given = [f for f in ("loss", "params") if getattr(args, f)]
         if given:
             raise UsageError(f"{args.model} is a training-step model already: --{given[0]} does not apply")
+        if args.mask_format is not None:
+            from .graph import set_mask_format
+
+            return set_mask_format(model, args.mask_format)
         return model
     if not args.loss:
         raise UsageError(f"{args.model} is not a training-step model: give --loss NAME to make one")
@@ -67,7 +74,7 @@ def _training_model(model, args):
         opt["momentum"] = args.momentum
     lr_args = {k: getattr(args, k) for k in ("gamma", "stepsize", "stepsizes", "power") if getattr(args, k) is not None}
     return T.make_training_model(model, args.loss, args.params, args.optimizer, args.lr, lr_policy=args.lr_policy,
-                                 lr_args=lr_args, weight_decay=args.weight_decay, **opt)
+                                 lr_args=lr_args, weight_decay=args.weight_decay, mask_format=args.mask_format, **opt)
 
 
 def _batches(path, sess):

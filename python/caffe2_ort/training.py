@@ -26,9 +26,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from . import gradients as GR
+from . import opdefs as _defs
 from . import optimizers as OPT
 from ._library import DOMAIN
-from .graph import _Names, _attrs, _infer, _set_attr
+from .graph import _Names, _attrs, _infer, _set_attr, set_mask_format
 
 STATE_KEY = "caffe2_ort.training_state"
 LOSS_KEY = "caffe2_ort.loss"
@@ -71,7 +72,7 @@ def is_training_model(model):
 
 
 def make_training_model(model, loss, params=None, optimizer="sgd", lr=0.01, *, lr_policy="fixed", lr_args=None,
-                        weight_decay=0.0, outputs=(), **optimizer_args):
+                        weight_decay=0.0, outputs=(), mask_format=None, **optimizer_args):
     """A training-step model: ``model``'s forward, the gradient of ``loss``, and ``optimizer``'s update.
 
     ``params``: the trained initializers (default: every floating-point initializer the loss has a
@@ -81,8 +82,12 @@ def make_training_model(model, loss, params=None, optimizer="sgd", lr=0.01, *, l
     with ``lr_args`` (gamma, stepsize, stepsizes, power) driven by the int64 ``optimizer_iteration``.
     ``weight_decay`` adds ``wd * param`` to each gradient. ``outputs``: forward tensors to return too.
     BatchNormalization nodes in training form (training_mode=1) keep their running mean and variance as
-    state when those are initializers and the node writes them.
+    state when those are initializers and the node writes them. ``mask_format``: None keeps the model's
+    dropout ops; "bits" makes them BitmaskDropout/BitmaskDropoutGrad (masks 8x smaller, the same steps
+    bit for bit), "bool" Dropout/DropoutGrad (:func:`caffe2_ort.graph.set_mask_format`).
     """
+    if mask_format is not None:
+        model = set_mask_format(model, mask_format)
     if optimizer not in OPT.OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}; use one of {', '.join(OPT.OPTIMIZERS)}")
     if not lr > 0:
@@ -100,7 +105,7 @@ def make_training_model(model, loss, params=None, optimizer="sgd", lr=0.01, *, l
                 raise ValueError(f"parameter {p!r} is not a floating-point tensor "
                                  f"({TensorProto.DataType.Name(init[p].data_type)})")
     forward_outputs = [o.name for o in g.output if o.name != loss]
-    masks = {n.output[1] for n in g.node if n.op_type == "Dropout" and len(n.output) > 1}
+    masks = {n.output[1] for n in g.node if n.op_type in _defs.FORWARD_OPS and len(n.output) > 1}
     inference_outputs = [o for o in forward_outputs if o not in masks]
     names = set()
     for n in g.node:
@@ -211,7 +216,7 @@ def inference_model(model, state_values=None, outputs=None):
     keep.reverse()
     types = _infer(model)
     for n in keep:
-        if n.op_type == "Dropout" and n.domain == DOMAIN:
+        if n.op_type in _defs.FORWARD_OPS and n.domain == DOMAIN:
             _set_attr(n, "is_test", 1)
             del n.output[1:]
         elif n.op_type == "Dropout" and n.domain in ("", "ai.onnx"):

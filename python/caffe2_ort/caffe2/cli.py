@@ -103,6 +103,9 @@ def _add_convert_args(p):
     p.add_argument("--rng", choices=("philox", "caffe2"), default="philox",
                    help="mask stream of the converted Dropouts: philox (default) or caffe2 (rng=caffe2_mt19937, "
                         "real Caffe2's own CPU masks)")  # fmt: skip
+    p.add_argument("--mask-format", choices=("bool", "bits"), default="bool",
+                   help="bool: Caffe2's Dropout/DropoutGrad masks (default); bits: BitmaskDropout/BitmaskDropoutGrad, "
+                        "masks packed 32 keep bits a uint32 word (8x smaller; an extension beyond Caffe2)")  # fmt: skip
     p.add_argument("--opset", type=int, default=None, help="ai.onnx opset (default 17)")
     p.add_argument("--ir-version", type=int, default=None, help="ONNX IR version of the model (default 8)")
     p.add_argument("--name", help="graph name (default: the NetDef's name, else 'caffe2_net')")
@@ -237,6 +240,7 @@ def _convert_kwargs(args):
     return dict(
         dropout=args.dropout,
         rng=args.rng,
+        mask_format=args.mask_format,
         opset=DEFAULT_OPSET if args.opset is None else args.opset,
         ir_version=DEFAULT_IR_VERSION if args.ir_version is None else args.ir_version,
         name=args.name,
@@ -267,7 +271,8 @@ def cmd_convert(args) -> int:
             raise Caffe2Error("a training-step model needs --dropout caffe2 (its DropoutGrad reads the mask)")
         kw = _convert_kwargs(args)
         model, notes = convert_training_net(net, init, vi, rng=args.rng, seed=args.init_seed, opset=kw["opset"],
-                                            ir_version=kw["ir_version"], name=args.name, budget=kw["budget"])
+                                            ir_version=kw["ir_version"], name=args.name, budget=kw["budget"],
+                                            mask_format=args.mask_format)
         onnx.save(model, args.output)
         from ..training import metadata
 
@@ -523,6 +528,10 @@ def cmd_run(args) -> int:
         print("numpy executor (Caffe2 semantics) vs ORT:")
         for name, a in zip(names, results):
             ref = np.asarray(ws[name])
+            if ref.dtype == bool and a.dtype == np.uint32:  # a bit-packed mask (--mask-format bits)
+                from ..reference import pack_mask
+
+                ref = pack_mask(ref)
             if ref.dtype.kind == "f" and a.size:
                 with np.errstate(all="ignore"):
                     err = float(np.max(np.abs(a.astype(np.float64) - ref)))

@@ -10,7 +10,8 @@
    names (version 0); the last version of any other blob keeps its name, so external outputs keep
    theirs; intermediate versions are ``<name>_<version>``.
 4. Ops are translated one by one with Caffe2's sizing rules (static shapes are known throughout).
-   Dropout / DropoutGrad become ``ai.caffe2`` nodes (or standard ONNX ops with ``dropout="onnx"``).
+   Dropout / DropoutGrad become ``ai.caffe2`` nodes (or standard ONNX ops with ``dropout="onnx"``);
+   with ``mask_format="bits"`` the pairs become BitmaskDropout / BitmaskDropoutGrad (bit-packed masks).
 5. The model gets a non-empty graph name, opset imports, an explicit ``ir_version`` and is checked
    with ``onnx.checker`` (with the ai.caffe2 schemas registered when the package provides them).
 """
@@ -152,6 +153,7 @@ def convert(
     init_blobs=None,
     dropout="caffe2",
     rng="philox",
+    mask_format="bool",
     opset=DEFAULT_OPSET,
     ir_version=DEFAULT_IR_VERSION,
     name=None,
@@ -167,6 +169,10 @@ def convert(
     ``dropout``: "caffe2" (ai.caffe2 nodes) or "onnx" (standard ONNX ops, see docs/converter.md).
     ``rng``: "philox" (default) or "caffe2": every Dropout gets rng="caffe2_mt19937", real Caffe2's own
     CPU mask stream (needs dropout="caffe2").
+    ``mask_format``: "bool" (default, Caffe2's masks) or "bits": Dropout/DropoutGrad pairs become
+    BitmaskDropout/BitmaskDropoutGrad, whose masks are uint32 of ceil(numel / 32) words (needs
+    dropout="caffe2"; every training DropoutGrad must read the mask of a Dropout of the net; engine CUDNN
+    is dropped, with a note).
     ``extra_outputs``: Caffe2 blob names to expose as graph outputs too (their last versions).
     ``budget``: a :class:`~caffe2_ort.caffe2.limits.Budget` or a byte count (None: the default limit):
     init_net fills count against it, and no input or intermediate blob may be larger.
@@ -177,6 +183,7 @@ def convert(
         raise Caffe2Error(f"rng must be one of {', '.join(RNG_MODES)}, not {rng!r}")
     if RNG_MODES[rng] and dropout != "caffe2":
         raise Caffe2Error(f"rng {rng!r} needs dropout='caffe2': standard ONNX Dropout draws its own masks")
+    check_mask_format(mask_format, dropout)
     _check_opset(opset)
     _check_ir_version(ir_version)
     budget = Budget.of(budget)
@@ -291,9 +298,46 @@ def convert(
         opsets.append(helper.make_opsetid(CAFFE2_DOMAIN, CAFFE2_OPSET))
     model = helper.make_model(graph, opset_imports=opsets, producer_name="caffe2-ort", producer_version=_version())
     model.ir_version = ir_version
+    model = apply_mask_format(model, mask_format, notes)
     if check:
         check_model(model)
     return Conversion(model, final, op_outputs, dict(inputs), outputs, notes)
+
+
+def check_mask_format(mask_format, dropout="caffe2"):
+    """A converter's ``mask_format`` argument, checked (Caffe2Error) against the table and ``dropout``."""
+    from .. import opdefs
+
+    if mask_format not in opdefs.MASK_FORMATS:
+        raise Caffe2Error(f"mask format must be one of {', '.join(opdefs.MASK_FORMATS)}, not {mask_format!r}")
+    if mask_format != "bool" and dropout != "caffe2":
+        raise Caffe2Error(f"mask format {mask_format!r} needs dropout='caffe2': standard ONNX Dropout has no "
+                          "bit-packed mask")
+    return mask_format
+
+
+def apply_mask_format(model, mask_format, notes):
+    """``model`` with its ai.caffe2 Dropout/DropoutGrad pairs in ``mask_format`` (graph.set_mask_format);
+    a net that cannot be converted is a Caffe2Error naming the node. Bit masks have no cuDNN form: engine
+    CUDNN is dropped from the nodes (the default kernels run, as Caffe2's CPU op did), with a note."""
+    if mask_format == "bool":
+        return model
+    from ..graph import MaskFormatError, set_mask_format
+
+    cudnn = 0
+    for n in model.graph.node:
+        if n.domain == CAFFE2_DOMAIN and any(a.name == "engine" and a.s == b"CUDNN" for a in n.attribute):
+            kept = [a for a in n.attribute if a.name != "engine"]
+            del n.attribute[:]
+            n.attribute.extend(kept)
+            cudnn += 1
+    if cudnn:
+        notes.append(f"engine CUDNN dropped from {cudnn} Dropout/DropoutGrad node(s): bit-packed masks have no cuDNN "
+                     "form (cuDNN's reserve space is not a bit mask)")
+    try:
+        return set_mask_format(model, mask_format)
+    except MaskFormatError as e:
+        raise Caffe2Error(str(e)) from None
 
 
 def _value_info(name, info):

@@ -196,12 +196,13 @@ def _where(op, k):
 
 
 def convert_training_net(train_net, init_net, value_info, *, rng="caffe2", seed=DEFAULT_SEED, opset=None,
-                         ir_version=None, name=None, budget=None, check=True):
+                         ir_version=None, name=None, budget=None, check=True, mask_format="bool"):
     """A training-step model from a Caffe2 training net; returns ``(model, notes)``.
 
     ``value_info``: ``{blob: (numpy dtype, shape)}`` for the fed blobs. ``rng``: the converter's
     Dropout mask stream ("caffe2" = Caffe2's own, "philox"). ``seed``: numpy seed of the init
-    net's random fills.
+    net's random fills. ``mask_format="bits"``: BitmaskDropout/BitmaskDropoutGrad instead of
+    Dropout/DropoutGrad (the same steps bit for bit, masks 8x smaller).
     """
     from . import converter as C
 
@@ -209,6 +210,7 @@ def convert_training_net(train_net, init_net, value_info, *, rng="caffe2", seed=
     ir_version = ir_version or C.DEFAULT_IR_VERSION
     if rng not in C.RNG_MODES:
         raise Caffe2Error(f"rng must be one of {', '.join(C.RNG_MODES)}, not {rng!r}")
+    C.check_mask_format(mask_format)
     C._check_opset(opset)
     C._check_ir_version(ir_version)
     budget = Budget.of(budget)
@@ -331,6 +333,7 @@ def convert_training_net(train_net, init_net, value_info, *, rng="caffe2", seed=
                       name or net.name or "caffe2_train_net")
     kept = {t.name for t in model.graph.initializer}
     TR._set_meta(model, TR.CAFFE2_INIT_KEY, json.dumps({"constants": [b for b in consts if b in kept], "mutexes": mutexes}))
+    model = C.apply_mask_format(model, mask_format, notes)
     if check:
         C.check_model(model)
     return model, notes
