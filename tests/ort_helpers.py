@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ DTYPES = {
     "bfloat16": TensorProto.BFLOAT16,
 }
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def shared_path(*parts) -> Path:
@@ -116,3 +119,26 @@ def grad_cast_model(dtype="float32", **attrs):
     inputs = [helper.make_tensor_value_info("dY", ft, None), helper.make_tensor_value_info("mask", TensorProto.BOOL, None)]
     outputs = [helper.make_tensor_value_info("dYf", ft, None), helper.make_tensor_value_info("dX", ft, None)]
     return make_model(nodes, inputs, outputs)
+
+
+def compile_and_run_cpp(tmp_path, test_source, *sources, flags=("-O3", "-ffp-contract=off"), includes=(), args=(),
+                        expect_ok=True):
+    """Compiles a C++ test (paths relative to the repository) with ort_ops/ on the include path and runs it
+    without CAFFE2_ORT_CPU_ISA (the tests pin their paths themselves); it must exit 0 and, with
+    ``expect_ok``, end with "ok". Returns its stdout. The default flags are the library's: -ffp-contract=off
+    keeps (x * scale) * m two roundings. No compiler: a failure under CI (the build needs one anyway), else
+    a skip."""
+    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+    if cxx is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("no C++ compiler found (the build needs one anyway)")
+        pytest.skip("no C++ compiler found")
+    exe = tmp_path / Path(test_source).stem
+    subprocess.run([cxx, "-std=c++17", *flags, f"-I{REPO / 'ort_ops'}", *(f"-I{d}" for d in includes),
+                    str(REPO / test_source), *(str(REPO / s) for s in sources), "-o", str(exe)],
+                   check=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "CAFFE2_ORT_CPU_ISA"}
+    out = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert not expect_ok or out.stdout.strip().endswith("ok"), out.stdout
+    return out.stdout

@@ -3,9 +3,6 @@ every apply path against the portable one (C++ tests compiled here), the CAFFE2_
 variable, non-temporal stores for large outputs, and in-place execution."""
 
 import os
-import shutil
-import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,30 +10,12 @@ from onnx import TensorProto, helper
 
 import caffe2_ort
 from caffe2_ort import reference as R
-from ort_helpers import bits, make_model, plain_dropout_model, session
+from ort_helpers import bits, compile_and_run_cpp, make_model, plain_dropout_model, session
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _compile_and_run(tmp_path, test_source, *sources, args=(), expect_ok=True):
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if cxx is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no C++ compiler found (the build needs one anyway)")
-        pytest.skip("no C++ compiler found")
-    exe = tmp_path / Path(test_source).stem
-    # -ffp-contract=off as in the library's build: (x * scale) * m is two roundings.
-    subprocess.run([cxx, "-std=c++17", "-O3", "-ffp-contract=off", f"-I{REPO / 'ort_ops'}", str(REPO / test_source),
-                    *(str(REPO / s) for s in sources), "-o", str(exe)], check=True, timeout=300)
-    env = {k: v for k, v in os.environ.items() if k != "CAFFE2_ORT_CPU_ISA"}
-    out = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert not expect_ok or out.stdout.strip().endswith("ok")
-    return out.stdout
 
 
 def test_keep_bits_paths_across_the_counter_high_word(tmp_path):
-    out = _compile_and_run(tmp_path, "tests/cpp/keep_bits_test.cc", "ort_ops/cpu/keep_bits.cc")
+    out = compile_and_run_cpp(tmp_path, "tests/cpp/keep_bits_test.cc", "ort_ops/cpu/keep_bits.cc")
     assert "checked scalar" in out
     # The benchmark's header names the path from /proc/cpuinfo; it must be the one the library takes.
     from caffe2_ort.bench import cpu_isa_path
@@ -46,7 +25,7 @@ def test_keep_bits_paths_across_the_counter_high_word(tmp_path):
 
 def test_apply_paths_match_the_portable_path_bit_for_bit(tmp_path):
     """AVX2 (+F16C) and AVX-512 apply steps, forward and backward, all dtypes, streaming or not."""
-    out = _compile_and_run(tmp_path, "tests/cpp/elementwise_test.cc", "ort_ops/cpu/elementwise.cc",
+    out = compile_and_run_cpp(tmp_path, "tests/cpp/elementwise_test.cc", "ort_ops/cpu/elementwise.cc",
                            "ort_ops/cpu/keep_bits.cc")
     assert "checked mask words" in out
     assert "checked avx2" in out or "x86" not in os.uname().machine
@@ -54,7 +33,7 @@ def test_apply_paths_match_the_portable_path_bit_for_bit(tmp_path):
 
 def test_kernel_microbenchmark_runs(tmp_path):
     """The in-cache microbenchmark the README's cycle figures come from keeps building and running."""
-    out = _compile_and_run(tmp_path, "tests/cpp/kernel_microbench.cc", "ort_ops/cpu/keep_bits.cc",
+    out = compile_and_run_cpp(tmp_path, "tests/cpp/kernel_microbench.cc", "ort_ops/cpu/keep_bits.cc",
                            "ort_ops/cpu/elementwise.cc", args=("3",), expect_ok=False)
     lines = out.strip().splitlines()
     assert lines[0].startswith("isa ") and "GHz" in lines[0]
@@ -127,15 +106,6 @@ def test_in_place_after_relu():
 
 def test_mt19937_stream_paths_against_std_mt19937(tmp_path):
     """Every ISA path of the caffe2_mt19937 stream (words, skips, keep bits) against std::mt19937."""
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if cxx is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no C++ compiler found (the build needs one anyway)")
-        pytest.skip("no C++ compiler found")
-    exe = tmp_path / "mt19937_test"
-    subprocess.run([cxx, "-std=c++17", "-O2", f"-I{REPO / 'ort_ops'}", str(REPO / "tests/cpp/mt19937_test.cc"),
-                    str(REPO / "ort_ops/cpu/mt19937_keep_bits.cc"), str(REPO / "ort_ops/cpu/keep_bits.cc"),
-                    "-o", str(exe)], check=True, timeout=300)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout
-    assert out.stdout.strip().endswith("ok") and "checked scalar" in out.stdout
+    out = compile_and_run_cpp(tmp_path, "tests/cpp/mt19937_test.cc", "ort_ops/cpu/mt19937_keep_bits.cc",
+                              "ort_ops/cpu/keep_bits.cc", flags=("-O2",))
+    assert "checked scalar" in out

@@ -13,7 +13,7 @@ import onnxruntime as ort
 import pytest
 
 import caffe2_ort
-from ort_helpers import plain_dropout_model, session
+from ort_helpers import compile_and_run_cpp, plain_dropout_model, session
 
 
 @pytest.fixture(scope="module")
@@ -259,15 +259,5 @@ def _ort_headers():
 def test_parallel_for_and_kernel_table_glue(tmp_path):
     """C++ (tests/cpp/ort_glue_test.cc): an exception thrown in a ParallelFor task never reaches the
     pool and comes back on the calling thread; the legacy CreateKernel/KernelCompute are null."""
-    cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
-    if cxx is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("no C++ compiler found (the build needs one anyway)")
-        pytest.skip("no C++ compiler found")
-    exe = tmp_path / "ort_glue_test"
-    subprocess.run([cxx, "-std=c++17", "-O1", "-pthread", f"-I{REPO / 'ort_ops'}", f"-I{_ort_headers()}",
-                    str(REPO / "tests/cpp/ort_glue_test.cc"), str(REPO / "ort_ops/common/ort_api.cc"), "-o", str(exe)],
-                   check=True, timeout=300)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip().endswith("ok")
+    compile_and_run_cpp(tmp_path, "tests/cpp/ort_glue_test.cc", "ort_ops/common/ort_api.cc", flags=("-O1", "-pthread"),
+                        includes=(_ort_headers(),))
