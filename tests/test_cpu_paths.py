@@ -13,7 +13,6 @@ from caffe2_ort import reference as R
 from ort_helpers import bits, compile_and_run_cpp, make_model, plain_dropout_model, session
 
 
-
 def test_keep_bits_paths_across_the_counter_high_word(tmp_path):
     out = compile_and_run_cpp(tmp_path, "tests/cpp/keep_bits_test.cc", "ort_ops/cpu/keep_bits.cc")
     assert "checked scalar" in out
