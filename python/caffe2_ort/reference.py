@@ -234,24 +234,18 @@ def bitmask_dropout(x, ratio=_RATIO, is_test=_IS_TEST, seed=0, base=0, rng=_RNG)
 
 def dropout_grad(dy, mask=None, ratio=_RATIO, is_test=_IS_TEST):
     """Caffe2 DropoutGrad: dX = dY in test mode, else (dY * m) * scale."""
-    a = check_attributes("DropoutGrad", ratio=ratio, is_test=is_test)
-    label = _defs.where("DropoutGrad")
-    dy = np.asarray(dy)
-    _check_dtype(dy.dtype)
-    if a["is_test"]:
-        return dy.copy()
-    if mask is None:
-        raise ValueError(_defs.mask_required_message(label))
-    mask = np.asarray(mask)
-    if mask.size != dy.size:
-        raise ValueError(_defs.mask_count_message(label, mask.size, dy.size))
-    return _apply_grad(dy, mask, a["ratio"])
+    return _dropout_grad("DropoutGrad", dy, mask, ratio, is_test)
 
 
 def bitmask_dropout_grad(dy, mask=None, ratio=_RATIO, is_test=_IS_TEST):
     """BitmaskDropoutGrad: dX = dY in test mode, else DropoutGrad's dX for the unpacked ``mask`` words."""
-    a = check_attributes("BitmaskDropoutGrad", ratio=ratio, is_test=is_test)
-    label = _defs.where("BitmaskDropoutGrad")
+    return _dropout_grad("BitmaskDropoutGrad", dy, mask, ratio, is_test)
+
+
+def _dropout_grad(op, dy, mask, ratio, is_test):
+    """Either gradient op; they differ only in the mask's form (X-shaped bool, or uint32 words)."""
+    a = check_attributes(op, ratio=ratio, is_test=is_test)
+    label = _defs.where(op)
     dy = np.asarray(dy)
     _check_dtype(dy.dtype)
     if a["is_test"]:
@@ -259,9 +253,13 @@ def bitmask_dropout_grad(dy, mask=None, ratio=_RATIO, is_test=_IS_TEST):
     if mask is None:
         raise ValueError(_defs.mask_required_message(label))
     mask = np.asarray(mask)
-    if mask.size != _defs.bitmask_words(dy.size):
-        raise ValueError(_defs.bitmask_count_message(label, mask.size, dy.size))
-    return _apply_grad(dy, unpack_mask(mask, dy.shape), a["ratio"])
+    if _defs.mask_format_of(op) == "bits":
+        if mask.size != _defs.bitmask_words(dy.size):
+            raise ValueError(_defs.bitmask_count_message(label, mask.size, dy.size))
+        mask = unpack_mask(mask, dy.shape)
+    elif mask.size != dy.size:
+        raise ValueError(_defs.mask_count_message(label, mask.size, dy.size))
+    return _apply_grad(dy, mask, a["ratio"])
 
 
 def _apply_grad(dy, mask, ratio):
