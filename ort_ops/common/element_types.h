@@ -10,6 +10,9 @@ namespace caffe2_ort {
 
 enum class Elem { kFloat, kDouble, kHalf, kBFloat16 };
 
+// M(E) once for every element type: for explicit instantiations at namespace scope.
+#define C2ORT_FOR_EACH_ELEM(M) M(Elem::kFloat) M(Elem::kDouble) M(Elem::kHalf) M(Elem::kBFloat16)
+
 template <Elem E>
 struct ElemTraits;
 

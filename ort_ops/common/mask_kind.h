@@ -36,3 +36,14 @@ struct MaskTraits<MaskKind::kBits> {
 };
 
 }  // namespace caffe2_ort
+
+// Explicit instantiations of a kernel class template Kernel<Elem, MaskKind> for every element type
+// (common/element_types.h) and both mask kinds; at namespace scope, where Elem and MaskKind are visible.
+#define C2ORT_INSTANTIATE_MASK_KINDS(Kernel, E) \
+  template class Kernel<E, MaskKind::kBool>;    \
+  template class Kernel<E, MaskKind::kBits>;
+#define C2ORT_INSTANTIATE_DROPOUT_KERNEL(Kernel)         \
+  C2ORT_INSTANTIATE_MASK_KINDS(Kernel, Elem::kFloat)     \
+  C2ORT_INSTANTIATE_MASK_KINDS(Kernel, Elem::kDouble)    \
+  C2ORT_INSTANTIATE_MASK_KINDS(Kernel, Elem::kHalf)      \
+  C2ORT_INSTANTIATE_MASK_KINDS(Kernel, Elem::kBFloat16)

@@ -155,13 +155,6 @@ OrtStatusPtr InferDropoutShape(OrtShapeInferContext* ctx) {
   });
 }
 
-#define C2ORT_INSTANTIATE(E)                    \
-  template class CpuDropout<E, MaskKind::kBool>; \
-  template class CpuDropout<E, MaskKind::kBits>;
-C2ORT_INSTANTIATE(Elem::kFloat)
-C2ORT_INSTANTIATE(Elem::kDouble)
-C2ORT_INSTANTIATE(Elem::kHalf)
-C2ORT_INSTANTIATE(Elem::kBFloat16)
-#undef C2ORT_INSTANTIATE
+C2ORT_INSTANTIATE_DROPOUT_KERNEL(CpuDropout)
 
 }  // namespace caffe2_ort

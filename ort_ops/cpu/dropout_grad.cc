@@ -50,13 +50,6 @@ void CpuDropoutGrad<E, K>::Compute(OrtKernelContext* context) {
   });
 }
 
-#define C2ORT_INSTANTIATE(E)                        \
-  template class CpuDropoutGrad<E, MaskKind::kBool>; \
-  template class CpuDropoutGrad<E, MaskKind::kBits>;
-C2ORT_INSTANTIATE(Elem::kFloat)
-C2ORT_INSTANTIATE(Elem::kDouble)
-C2ORT_INSTANTIATE(Elem::kHalf)
-C2ORT_INSTANTIATE(Elem::kBFloat16)
-#undef C2ORT_INSTANTIATE
+C2ORT_INSTANTIATE_DROPOUT_KERNEL(CpuDropoutGrad)
 
 }  // namespace caffe2_ort

@@ -415,10 +415,7 @@ void FillKeptMaskWords(size_t n, uint32_t* words) {
                                  size_t, float);                                                              \
   template void ApplyMaskGrad<E>(CpuIsa, const ElemTraits<E>::Storage*, const uint32_t*, ElemTraits<E>::Storage*, \
                                  size_t, float);
-C2ORT_INSTANTIATE(Elem::kFloat)
-C2ORT_INSTANTIATE(Elem::kDouble)
-C2ORT_INSTANTIATE(Elem::kHalf)
-C2ORT_INSTANTIATE(Elem::kBFloat16)
+C2ORT_FOR_EACH_ELEM(C2ORT_INSTANTIATE)
 #undef C2ORT_INSTANTIATE
 
 }  // namespace caffe2_ort

@@ -162,14 +162,7 @@ void CudaDropout<E, K>::ComputeCudnn(OrtKernelContext* context, cudaStream_t str
   cudnn_->Forward(context, stream, input.GetTensorRawData(), output.GetTensorMutableRawData(), reserve, bytes, n);
 }
 
-#define C2ORT_INSTANTIATE(E)                     \
-  template class CudaDropout<E, MaskKind::kBool>; \
-  template class CudaDropout<E, MaskKind::kBits>;
-C2ORT_INSTANTIATE(Elem::kFloat)
-C2ORT_INSTANTIATE(Elem::kDouble)
-C2ORT_INSTANTIATE(Elem::kHalf)
-C2ORT_INSTANTIATE(Elem::kBFloat16)
-#undef C2ORT_INSTANTIATE
+C2ORT_INSTANTIATE_DROPOUT_KERNEL(CudaDropout)
 
 }  // namespace cuda
 }  // namespace caffe2_ort

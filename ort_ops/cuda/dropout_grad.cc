@@ -74,14 +74,7 @@ void CudaDropoutGrad<E, K>::Compute(OrtKernelContext* context) {
             "DropoutGrad kernel launch");
 }
 
-#define C2ORT_INSTANTIATE(E)                         \
-  template class CudaDropoutGrad<E, MaskKind::kBool>; \
-  template class CudaDropoutGrad<E, MaskKind::kBits>;
-C2ORT_INSTANTIATE(Elem::kFloat)
-C2ORT_INSTANTIATE(Elem::kDouble)
-C2ORT_INSTANTIATE(Elem::kHalf)
-C2ORT_INSTANTIATE(Elem::kBFloat16)
-#undef C2ORT_INSTANTIATE
+C2ORT_INSTANTIATE_DROPOUT_KERNEL(CudaDropoutGrad)
 
 }  // namespace cuda
 }  // namespace caffe2_ort

@@ -530,10 +530,7 @@ cudaError_t LaunchFillKeptMaskWords(uint32_t* words, uint64_t n, cudaStream_t st
   template cudaError_t LaunchApplyKeepBits<E>(const ElemTraits<E>::Storage*, ElemTraits<E>::Storage*, bool*, \
                                               const uint64_t*, uint64_t, float, cudaStream_t);
 
-C2ORT_INSTANTIATE(Elem::kFloat)
-C2ORT_INSTANTIATE(Elem::kDouble)
-C2ORT_INSTANTIATE(Elem::kHalf)
-C2ORT_INSTANTIATE(Elem::kBFloat16)
+C2ORT_FOR_EACH_ELEM(C2ORT_INSTANTIATE)
 #undef C2ORT_INSTANTIATE
 #undef C2ORT_INSTANTIATE_KIND
 
