@@ -527,7 +527,7 @@ def test_converter_refuses_a_mask_from_elsewhere_and_the_onnx_lowering():
     with pytest.raises(Caffe2Error) as e:
         convert(net2, init, vi2, dropout="onnx", mask_format="bits")
     assert str(e.value) == "mask format 'bits' needs dropout='caffe2': standard ONNX Dropout has no bit-packed mask"
-    with pytest.raises(Caffe2Error, match="mask format must be one of bool, bits, not 'bytes'"):
+    with pytest.raises(Caffe2Error, match="mask_format must be one of 'bool', 'bits', not 'bytes'"):
         convert(net2, init, vi2, mask_format="bytes")
 
 

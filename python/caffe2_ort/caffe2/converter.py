@@ -308,8 +308,10 @@ def check_mask_format(mask_format, dropout="caffe2"):
     """A converter's ``mask_format`` argument, checked (Caffe2Error) against the table and ``dropout``."""
     from .. import opdefs
 
-    if mask_format not in opdefs.MASK_FORMATS:
-        raise Caffe2Error(f"mask format must be one of {', '.join(opdefs.MASK_FORMATS)}, not {mask_format!r}")
+    try:
+        opdefs.check_mask_format(mask_format)
+    except ValueError as e:
+        raise Caffe2Error(str(e)) from None
     if mask_format != "bool" and dropout != "caffe2":
         raise Caffe2Error(f"mask format {mask_format!r} needs dropout='caffe2': standard ONNX Dropout has no "
                           "bit-packed mask")
