@@ -510,12 +510,14 @@ def test_cudnn_gradient_rejects_a_default_engine_mask(gpu):
 
 
 def _graph_run(model, x, runs, outputs):
-    """Runs with enable_cuda_graph through IOBinding on fixed device buffers; returns each run's outputs."""
+    """Runs with enable_cuda_graph through IOBinding on fixed device buffers; returns each run's outputs.
+    ``outputs``: (name, numpy dtype) of X's shape, or (name, numpy dtype, shape)."""
     cuda = _session(model, CUDA, {"enable_cuda_graph": "1"})
     io = cuda.io_binding()
     xv = ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0)
     io.bind_ortvalue_input("X", xv)
-    vals = {name: ort.OrtValue.ortvalue_from_shape_and_type(x.shape, dt, "cuda", 0) for name, dt in outputs}
+    vals = {name: ort.OrtValue.ortvalue_from_shape_and_type(shape[0] if shape else x.shape, dt, "cuda", 0)
+            for name, dt, *shape in outputs}
     for name, v in vals.items():
         io.bind_ortvalue_output(name, v)
     got = []
@@ -526,17 +528,22 @@ def _graph_run(model, x, runs, outputs):
     return got
 
 
-def test_cuda_graph_replays_draw_fresh_masks_on_the_cpu_sequence(gpu):
+@pytest.mark.parametrize("op", ["Dropout", "BitmaskDropout"])
+def test_cuda_graph_replays_draw_fresh_masks_on_the_cpu_sequence(gpu, op):
     """With enable_cuda_graph ORT runs the graph normally, captures it, then replays it. The counter
     lives on the device, so every replay advances it: the user's runs are consecutive runs of the
-    RNG contract, offset by the extra executions ORT does on the first Run (warm-up and capture)."""
+    RNG contract, offset by the extra executions ORT does on the first Run (warm-up and capture).
+    BitmaskDropout follows the same capture rules as Dropout (its mask: ceil(numel / 32) uint32 words,
+    here with a partial last word)."""
+    bitmask = op == "BitmaskDropout"
     model = make_model(
-        [helper.make_node("Dropout", ["X"], ["Y", "mask"], domain="ai.caffe2", name="d", ratio=0.5, seed=8)],
+        [helper.make_node(op, ["X"], ["Y", "mask"], domain="ai.caffe2", name="d", ratio=0.5, seed=8)],
         [helper.make_tensor_value_info("X", TensorProto.FLOAT, None)],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None),
-         helper.make_tensor_value_info("mask", TensorProto.BOOL, None)])
+         helper.make_tensor_value_info("mask", TensorProto.UINT32 if bitmask else TensorProto.BOOL, None)])
     x = _sample((33, 1025), "float32", special=False).astype(np.float32)
-    got = _graph_run(model, x, runs=5, outputs=[("Y", np.float32), ("mask", np.bool_)])  # >= 3 replays
+    mask_out = ("mask", np.uint32, ((x.size + 31) // 32,)) if bitmask else ("mask", np.bool_)
+    got = _graph_run(model, x, runs=5, outputs=[("Y", np.float32), mask_out])  # >= 3 replays
     cpu = _session(model, CPU)
     cpu_runs = [cpu.run(None, {"X": x}) for _ in range(12)]
     masks = [g["mask"].tobytes() for g in got]
@@ -549,7 +556,7 @@ def test_cuda_graph_replays_draw_fresh_masks_on_the_cpu_sequence(gpu):
         yc, mc = cpu_runs[w + j]
         assert np.array_equal(g["mask"], mc) and _same(g["Y"], yc), f"run {j} != CPU run {w + j}"
     # a fresh session reproduces the same sequence
-    again = _graph_run(model, x, runs=3, outputs=[("Y", np.float32), ("mask", np.bool_)])
+    again = _graph_run(model, x, runs=3, outputs=[("Y", np.float32), mask_out])
     assert [a["mask"].tobytes() for a in again] == masks[:3]
 
 

@@ -34,6 +34,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import opdefs as _defs
+
 DEFAULT_SIZES = (16, 18, 20, 22, 24, 26)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 OUTPUT_MODES = ("ort", "bound")
@@ -57,17 +59,21 @@ class Variant:
 
     @property
     def grad(self) -> bool:
-        return self.op.endswith("Grad")
+        return self.op in _defs.GRADIENT_OPS
 
     @property
     def bitmask(self) -> bool:
         """The mask is bit-packed: ceil(n / 32) uint32 words instead of n bools."""
-        return self.op.startswith("Bitmask")
+        return _defs.mask_format_of(self.op) == "bits"
+
+    def mask_shape(self, n: int) -> tuple:
+        """The mask's shape for n elements: (n,) bools, or (ceil(n / 32),) uint32 words."""
+        return (_defs.bitmask_words(n),) if self.bitmask else (n,)
 
     def mask_bytes(self, n: int) -> int:
         if not self.mask:
             return 0
-        return 4 * -(-n // 32) if self.bitmask else n
+        return 4 * self.mask_shape(n)[0] if self.bitmask else n
 
     def bytes_moved(self, n: int, itemsize: int) -> int:
         """Bytes a run reads and writes: X (dY) read, Y (dX) written, the mask written (read)."""
@@ -76,13 +82,14 @@ class Variant:
     def mask_array(self, n: int):
         """A training mask to feed a gradient variant: about 1 - RATIO of the elements kept."""
         keep = np.random.default_rng(1).random(n) >= RATIO
-        return packed_mask(keep) if self.bitmask else keep
+        return _packed(keep) if self.bitmask else keep
 
 
-def packed_mask(keep):
-    """A bool mask as BitmaskDropout's uint32 words: bit j of word w = element 32 w + j, padding 0."""
-    b = np.packbits(np.asarray(keep, bool).ravel(), bitorder="little")
-    return np.pad(b, (0, -len(b) % 4)).view("<u4")
+def _packed(keep):
+    """A bool mask as BitmaskDropout's uint32 words (the numpy reference's packer)."""
+    from .reference import pack_mask
+
+    return pack_mask(keep)
 
 
 VARIANTS = (
@@ -375,7 +382,7 @@ def probe_variant(variant: Variant):
     rng = attrs.get("rng", "")
     if not variant.grad and variant.mask and rng not in ("", "philox"):
         philox = R.keep_mask(SEED, 0, x.shape, RATIO)
-        if np.array_equal(out[1], packed_mask(philox) if variant.bitmask else philox):
+        if np.array_equal(out[1], _packed(philox) if variant.bitmask else philox):
             return f"the loaded library ignores rng = {rng!r} (it returned the Philox masks)"
     return None
 
@@ -499,8 +506,8 @@ def measure(sizes, threads_list, dtypes=("float32",), modes=OUTPUT_MODES, varian
                             mask = v.mask_array(n)
                             feeds["mask"] = (mask, "uint32" if v.bitmask else "bool")
                         elif v.mask:
-                            outputs["mask"] = (((n + 31) // 32,), np.uint32, "uint32") if v.bitmask else \
-                                ((n,), np.bool_, "bool")
+                            kind = (np.uint32, "uint32") if v.bitmask else (np.bool_, "bool")
+                            outputs["mask"] = (v.mask_shape(n), *kind)
                         sess = _session(variant_model(v, dtype), threads, True)
                         timing = _time(_runner(sess, feeds, outputs, mode), min_time)
                         del sess
