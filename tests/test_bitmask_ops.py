@@ -201,7 +201,8 @@ def padded_words(mask, rng):
     w = packed(mask).copy()
     n = mask.size
     if n % 32:
-        w[-1] |= np.uint32(rng.integers(0, 2**32, dtype=np.uint64) & ~np.uint64((1 << (n % 32)) - 1) & 0xFFFFFFFF)
+        # Python ints: numpy 1 (the onnxruntime 1.17 venv) refuses uint64 & int.
+        w[-1] |= np.uint32(int(rng.integers(0, 2**32)) & ~((1 << (n % 32)) - 1) & 0xFFFFFFFF)
     return w
 
 
