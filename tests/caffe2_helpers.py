@@ -84,3 +84,12 @@ def assert_matches_caffe2(label, got, ref, tolerance, ours="ORT", check_dtype=Fa
         assert err <= tolerance, f"{label}: max |{ours} - Caffe2| = {err:.3g} x max |Caffe2|"
     else:
         np.testing.assert_array_equal(got, ref, err_msg=label)
+
+
+def run_cli(capsys, *argv):
+    """``caffe2-ort`` converter commands in-process: (exit status, stdout, stderr)."""
+    from caffe2_ort.caffe2 import cli
+
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err

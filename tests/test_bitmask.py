@@ -20,12 +20,12 @@ from caffe2_ort import opdefs as D
 from caffe2_ort import reference as R
 from caffe2_ort import reference_ops as RO
 from caffe2_ort import training as T
-from caffe2_ort.caffe2 import cli, netdef
+from caffe2_ort.caffe2 import netdef
 from caffe2_ort.caffe2.converter import convert
 from caffe2_ort.caffe2.errors import Caffe2Error
 from caffe2_ort.caffe2.training_net import convert_training_net
 
-from caffe2_helpers import MODELS, make_net, shared_file
+from caffe2_helpers import MODELS, make_net, run_cli, shared_file
 from ort_helpers import DTYPES, bits, make_model, np_dtype, session
 
 MT = D.RNG_CAFFE2
@@ -531,22 +531,16 @@ def test_converter_refuses_a_mask_from_elsewhere_and_the_onnx_lowering():
         convert(net2, init, vi2, mask_format="bytes")
 
 
-def _cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def test_cli_convert_and_run_with_bit_masks(tmp_path, capsys):
     tiny = MODELS / "tiny_dropout_net"
-    rc, out, err = _cli(capsys, "convert", tiny / "predict_net.pbtxt", "--init", tiny / "init_net.pb", "--value-info",
+    rc, out, err = run_cli(capsys, "convert", tiny / "predict_net.pbtxt", "--init", tiny / "init_net.pb", "--value-info",
                         tiny / "value_info.json", "--mask-format", "bits", "-o", tmp_path / "m.onnx")
     assert rc == 0, err
     assert "ai.caffe2::BitmaskDropout x1" in out and "ai.caffe2::Dropout " not in out
     onnx.checker.check_model(onnx.load(str(tmp_path / "m.onnx")), full_check=True)
     common = [TRAIN_NET / "predict_net.pbtxt", "--init", TRAIN_NET / "init_net.pb", "--value-info",
               TRAIN_NET / "value_info.json"]
-    rc, out, err = _cli(capsys, "run", *common, "--mask-format", "bits", "--compare", "--rng", "caffe2")
+    rc, out, err = run_cli(capsys, "run", *common, "--mask-format", "bits", "--compare", "--rng", "caffe2")
     assert rc == 0, err
     assert "ai.caffe2::BitmaskDropout x2" in out and "ai.caffe2::BitmaskDropoutGrad x2" in out
     assert "  h_mask: shape [1] uint32" in out and "  h_mask: identical" in out
@@ -557,16 +551,16 @@ def test_cli_refusals_are_one_line(tmp_path, capsys):
     net = make_net(ops=[("DropoutGrad", ["dy", "m"], ["dx"], {"ratio": 0.5})], inputs=["dy", "m"], outputs=["dx"])
     netdef.write_netdef(net, tmp_path / "p.pbtxt")
     (tmp_path / "vi.json").write_text('{"dy": [1, [2, 3]], "m": [9, [2, 3]]}')
-    rc, out, err = _cli(capsys, "run", tmp_path / "p.pbtxt", "--value-info", tmp_path / "vi.json",
+    rc, out, err = run_cli(capsys, "run", tmp_path / "p.pbtxt", "--value-info", tmp_path / "vi.json",
                         "--mask-format", "bits")
     assert rc == 2 and err == ("error: DropoutGrad node 'DropoutGrad_0' reads mask 'm', which no ai.caffe2 Dropout of "
                                "the graph writes: its mask cannot be converted to mask_format 'bits'\n")
     # convert: a net with a gradient op is a training net, whose DropoutGrad must match an earlier Dropout
-    rc, out, err = _cli(capsys, "convert", tmp_path / "p.pbtxt", "--value-info", tmp_path / "vi.json",
+    rc, out, err = run_cli(capsys, "convert", tmp_path / "p.pbtxt", "--value-info", tmp_path / "vi.json",
                         "--mask-format", "bits", "-o", tmp_path / "m.onnx")
     assert rc == 2 and err.count("\n") == 1 and "no earlier Dropout op reads or writes 'm'" in err
     tiny = MODELS / "tiny_dropout_net"
-    rc, out, err = _cli(capsys, "convert", tiny / "predict_net.pbtxt", "--init", tiny / "init_net.pb",
+    rc, out, err = run_cli(capsys, "convert", tiny / "predict_net.pbtxt", "--init", tiny / "init_net.pb",
                         "--value-info", tiny / "value_info.json", "--dropout", "onnx", "--mask-format", "bits",
                         "-o", tmp_path / "m.onnx")
     assert rc == 2 and err == ("error: mask format 'bits' needs dropout='caffe2': standard ONNX Dropout has no "

@@ -11,17 +11,11 @@ import numpy as np
 import onnx
 import pytest
 
-from caffe2_ort.caffe2 import cli, netdef
+from caffe2_ort.caffe2 import netdef
 
-from caffe2_helpers import MODELS, REPO, init_net_of, make_net, shared_file
+from caffe2_helpers import MODELS, REPO, init_net_of, make_net, run_cli, shared_file
 
 TINY = MODELS / "tiny_dropout_net"
-
-
-def run_cli(capsys, *argv):
-    rc = cli.main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def test_convert_tiny(tmp_path, capsys):
